@@ -1,0 +1,231 @@
+"""Invariants of every release policy (DESIGN.md, Contracts / Logit policies), property-tested."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from defense import POLICIES, SparseLogits, count_from_ratio, make_policy, tempered_softmax
+from defense.base import TopNPolicy
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@st.composite
+def logit_batches(draw: st.DrawFn) -> torch.Tensor:
+    """Logit batches with ties, huge and tiny magnitudes, in every supported dtype."""
+    dtype = draw(st.sampled_from(DTYPES))
+    batch = draw(st.integers(1, 12))
+    classes = draw(st.sampled_from([2, 3, 5, 10, 17, 100, 200, 1000]))
+    kind = draw(st.sampled_from(["normal", "ties", "huge", "tiny", "constant"]))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    base = torch.randn(batch, classes, generator=gen, dtype=torch.float64)
+    if kind == "ties":
+        base = torch.round(base * 2) / 2  # few distinct levels: many exact ties
+    elif kind == "huge":
+        base = base / base.abs().max() * torch.finfo(dtype).max / 4
+    elif kind == "tiny":
+        base = base * 1e-30
+    elif kind == "constant":
+        base = torch.zeros_like(base) + draw(st.floats(-100, 100))
+    return base.to(dtype).to(draw(st.sampled_from(DEVICES)))
+
+
+@st.composite
+def policies_for(draw: st.DrawFn, num_classes: int) -> object:
+    name = draw(st.sampled_from(sorted(POLICIES)))
+    if issubclass(POLICIES[name], TopNPolicy):
+        if draw(st.booleans()):
+            return make_policy(name, k=draw(st.integers(1, num_classes)))
+        return make_policy(name, sparse_ratio=draw(st.floats(0.001, 1.0)))
+    return make_policy(name)
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(), logits=logit_batches(), tau=st.floats(0.01, 100.0))
+def test_released_distribution_is_valid_at_any_temperature(data: st.DataObject, logits: torch.Tensor, tau: float) -> None:
+    policy = data.draw(policies_for(logits.shape[-1]))
+    released = policy(logits)
+    assert released.shape == logits.shape and released.dtype == logits.dtype and released.device == logits.device
+    assert not torch.isnan(released).any()
+    assert not torch.isposinf(released).any()
+    probs = tempered_softmax(released, tau)
+    assert not torch.isnan(probs).any()
+    torch.testing.assert_close(probs.sum(-1), torch.ones(logits.shape[0], dtype=probs.dtype, device=probs.device))
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(), logits=logit_batches())
+def test_argmax_is_preserved(data: st.DataObject, logits: torch.Tensor) -> None:
+    policy = data.draw(policies_for(logits.shape[-1]))
+    if not policy.preserves_argmax:
+        return
+    assert torch.equal(policy(logits).argmax(-1), logits.argmax(-1))
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(), logits=logit_batches())
+def test_sparse_form_matches_dense_form(data: st.DataObject, logits: torch.Tensor) -> None:
+    policy = data.draw(policies_for(logits.shape[-1]))
+    if policy.name == "gaussian_noise":
+        return  # fresh noise on every call; checked separately below
+    num_classes = logits.shape[-1]
+    released = policy(logits)
+    sparse = policy.sparse(logits)
+    n = policy.released_count(num_classes)
+    assert sparse.indices.shape == sparse.values.shape == (logits.shape[0], n)
+    assert sparse.indices.dtype == torch.int64
+    assert torch.equal(released.gather(1, sparse.indices), sparse.values)
+    values = sparse.values.float()
+    assert bool((values[:, :-1] >= values[:, 1:]).all()), "pairs must be in descending order"
+    if policy.masks:
+        finite = torch.isfinite(released).sum(-1)
+        assert bool((finite == n).all()), f"{policy.name} must release exactly N={n} finite logits"
+        assert torch.equal(sparse.to_dense(num_classes), released)
+
+
+@settings(max_examples=200, deadline=None)
+@given(logits=logit_batches(), data=st.data())
+def test_stingy_keeps_the_teachers_top_n_values_exactly(logits: torch.Tensor, data: st.DataObject) -> None:
+    num_classes = logits.shape[-1]
+    n = data.draw(st.integers(1, num_classes))
+    released = make_policy("stingy", k=n)(logits)
+    kept = torch.isfinite(released)
+    assert torch.equal(released[kept], logits[kept])
+    smallest_kept = logits.float().masked_fill(~kept, float("inf")).amin(-1)
+    largest_masked = logits.float().masked_fill(kept, float("-inf")).amax(-1)
+    assert bool((smallest_kept >= largest_masked).all())
+
+
+@settings(max_examples=200, deadline=None)
+@given(logits=logit_batches(), data=st.data())
+def test_least_keeps_top1_and_the_smallest(logits: torch.Tensor, data: st.DataObject) -> None:
+    num_classes = logits.shape[-1]
+    n = data.draw(st.integers(1, num_classes))
+    released = make_policy("least", k=n)(logits)
+    kept = torch.isfinite(released)
+    assert torch.equal(released[kept], logits[kept])
+    top1 = logits.argmax(-1, keepdim=True)
+    others_kept = kept.scatter(1, top1, False)
+    others_masked = (~kept).scatter(1, top1, False)
+    largest_kept_other = logits.float().masked_fill(~others_kept, float("-inf")).amax(-1)
+    smallest_masked = logits.float().masked_fill(~others_masked, float("inf")).amin(-1)
+    assert bool((largest_kept_other <= smallest_masked).all())
+
+
+@settings(max_examples=100, deadline=None)
+@given(logits=logit_batches())
+def test_policies_are_deterministic(logits: torch.Tensor) -> None:
+    for name in POLICIES:
+        first, second = make_policy(name), make_policy(name)
+        assert torch.equal(first(logits), second(logits)), name
+        assert torch.equal(first(logits), second(logits)), name
+
+
+def test_stingy_smooth_replaces_the_rest_by_their_mean() -> None:
+    logits = torch.tensor([[4.0, 1.0, 2.0, 0.0, 3.0]])
+    released = make_policy("stingy_smooth", k=2)(logits)
+    torch.testing.assert_close(released, torch.tensor([[4.0, 1.0, 1.0, 1.0, 3.0]]))
+
+
+def test_reverse_reverses_the_order_below_top1() -> None:
+    logits = torch.tensor([[4.0, 1.0, 2.0, 0.0, 3.0]])
+    # ranked: 0 (4), 4 (3), 2 (2), 1 (1), 3 (0) -> class 4 gets 0, class 2 gets 1, class 1 gets 2, class 3 gets 3
+    released = make_policy("reverse")(logits)
+    assert torch.equal(released, torch.tensor([[4.0, 2.0, 1.0, 3.0, 0.0]]))
+
+
+def test_reverse_keeps_top1_when_it_ties() -> None:
+    logits = torch.tensor([[0.0, 5.0, 5.0, 1.0]])  # class 0 is last and would inherit the tied 5.0
+    released = make_policy("reverse")(logits)
+    assert released.argmax(-1).item() == 1
+    assert released[0, 0] < 5.0
+
+
+def test_label_only_is_a_one_hot_log_distribution() -> None:
+    released = make_policy("label_only")(torch.tensor([[0.1, 2.0, -1.0]]))
+    assert torch.equal(released, torch.tensor([[float("-inf"), 0.0, float("-inf")]]))
+
+
+def test_rounding_keeps_decimals_and_top1() -> None:
+    logits = torch.log(torch.tensor([[0.70004, 0.29996, 1e-9]]))
+    probs = make_policy("rounding", decimals=2)(logits).exp()
+    torch.testing.assert_close(probs, torch.tensor([[0.70, 0.30, 0.0]]))
+
+
+def test_reverse_sigmoid_follows_the_published_formula() -> None:
+    p = torch.tensor([[0.6, 0.3, 0.1]])
+    beta, gamma = 0.5, 0.2
+    expected = p - beta * (torch.sigmoid(gamma * torch.log(p / (1 - p))) - 0.5)
+    expected = expected / expected.sum()
+    released = make_policy("reverse_sigmoid", beta=beta, gamma=gamma)(p.log())
+    torch.testing.assert_close(released.exp(), expected)
+
+
+def test_gaussian_noise_is_seeded_and_fresh_per_call() -> None:
+    logits = torch.randn(4, 10, generator=torch.Generator().manual_seed(0))
+    a, b = make_policy("gaussian_noise", sigma=0.05, seed=7), make_policy("gaussian_noise", sigma=0.05, seed=7)
+    first = a(logits)
+    assert torch.equal(first, b(logits))
+    assert not torch.equal(first, a(logits))
+    torch.testing.assert_close(tempered_softmax(first).sum(-1), torch.ones(4))
+
+
+@pytest.mark.parametrize(
+    ("ratio", "classes", "expected"),
+    [(0.1, 10, 1), (0.2, 10, 2), (0.1, 100, 10), (0.1, 200, 20), (0.1, 1000, 100), (0.15, 10, 2), (0.01, 10, 1), (1.0, 7, 7)],
+)
+def test_count_from_ratio(ratio: float, classes: int, expected: int) -> None:
+    assert count_from_ratio(ratio, classes) == expected
+    assert make_policy("stingy", sparse_ratio=ratio).released_count(classes) == expected
+
+
+def test_default_is_the_papers_ratio() -> None:
+    assert make_policy("stingy").released_count(100) == 10
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "message"),
+    [
+        ("nope", {}, "unknown policy 'nope'"),
+        ("stingy", {"k": 2, "sparse_ratio": 0.1}, "either k or sparse_ratio"),
+        ("stingy", {"k": 0}, "positive integer"),
+        ("stingy", {"sparse_ratio": 1.5}, "in (0, 1]"),
+        ("normal", {"k": 3}, "takes no parameter k"),
+        ("rounding", {"decimals": -1}, "decimals"),
+        ("gaussian_noise", {"sigma": -1.0}, "sigma"),
+    ],
+)
+def test_bad_parameters_are_clear_errors(name: str, params: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+        make_policy(name, **params)
+
+
+def test_k_larger_than_classes_is_refused() -> None:
+    with pytest.raises(ValueError, match="exceeds"):
+        make_policy("stingy", k=11)(torch.zeros(1, 10))
+
+
+def test_bad_logits_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"\[B, K\]"):
+        make_policy("stingy")(torch.zeros(10))
+    with pytest.raises(TypeError, match="floating"):
+        make_policy("stingy")(torch.zeros(1, 10, dtype=torch.int64))
+
+
+def test_config_round_trips() -> None:
+    for name in POLICIES:
+        policy = make_policy(name)
+        assert make_policy(**policy.config()).config() == policy.config()
+    assert make_policy("stingy", sparse_ratio=0.2).config() == {"name": "stingy", "sparse_ratio": 0.2}
+
+
+def test_sparse_logits_rebuild_dense() -> None:
+    sparse = SparseLogits(indices=torch.tensor([[2, 0]]), values=torch.tensor([[3.0, 1.0]]))
+    assert torch.equal(sparse.to_dense(4), torch.tensor([[1.0, float("-inf"), 3.0, float("-inf")]]))
+    assert math.isclose(tempered_softmax(sparse.to_dense(4))[0, 1].item(), 0.0)
