@@ -1,0 +1,49 @@
+"""What the rest of the system needs to know about a dataset, and the error for a missing one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Augmentation = Literal["pad_crop", "resized_crop"]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Task facts of a dataset: classes, input shape, normalisation statistics, augmentation.
+
+    ``augmentation`` is ``"pad_crop"`` (4-px zero-padded random crop, plus a horizontal flip when ``flip``)
+    for small images, or ``"resized_crop"`` (random-resized crop and flip at decode time) for ImageNet-size ones.
+    """
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: tuple[str, ...]
+    flip: bool = True
+    augmentation: Augmentation = "pad_crop"
+    crop_padding: int = 4
+
+    def __post_init__(self) -> None:
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"{self.name}: {len(self.class_names)} class names for {self.num_classes} classes")
+        if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
+            raise ValueError(f"{self.name}: mean/std must have one entry per channel ({self.in_channels})")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is not where it was looked for; the message names the paths and how to get it."""
+
+    def __init__(self, name: str, searched: list[Path], how_to_get: str) -> None:
+        places = "\n".join(f"  - {path}" for path in searched)
+        super().__init__(f"dataset {name!r} not found. Looked in:\n{places}\n{how_to_get}")
+        self.name = name
+        self.searched = searched
+
+
+class DatasetFormatError(ValueError):
+    """A dataset file exists but is not in the expected format (truncated, wrong magic, wrong sizes)."""
