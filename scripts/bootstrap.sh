@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Sourced by demo.sh and test.sh: create .venv with Python 3.11, install the project (again only when
+# pyproject.toml changed), and make sure the real Fashion-MNIST is installed where apt can install it.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+FMNIST_DIR=/usr/share/datasets/fashion-mnist
+
+find_python() {
+  for candidate in python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+      echo "$candidate"; return 0
+    fi
+  done
+  echo "error: Python 3.11 is required (torch==2.14.1 wheels are for 3.11); install python3.11" >&2
+  return 1
+}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "==> creating $VENV"
+  "$(find_python)" -m venv "$VENV"
+fi
+
+stamp="$VENV/.installed-$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  echo "==> installing stingy-teacher and its dependencies into $VENV (torch takes a minute or two)"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[dev]" 2>&1 | grep -v '^WARNING: Location' || true
+  "$VENV/bin/python" -c 'import torch, torchvision, fastapi, safetensors' || { echo "error: installation failed" >&2; exit 1; }
+  rm -f "$VENV"/.installed-* && touch "$stamp"
+fi
+
+ensure_fashion_mnist() {
+  [ -f "$FMNIST_DIR/t10k-images-idx3-ubyte.gz" ] && return 0
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "==> installing Fashion-MNIST (apt-get install dataset-fashion-mnist)"
+    if (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null; then
+      return 0
+    fi
+  fi
+  echo "note: the real Fashion-MNIST is not installed in $FMNIST_DIR and apt-get could not install it here." >&2
+  echo "      Install it with 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu), or use" >&2
+  echo "      '--data-root DIR --download' with the stingy-* commands on a machine with a network." >&2
+  return 1
+}
+
+export PATH="$VENV/bin:$PATH"
+cd "$ROOT"

@@ -1,0 +1,290 @@
+"""The training loop every set-up shares (teacher, scratch, KD, nasty, the attacker's student).
+
+One epoch: shuffled (seeded per epoch) batches -> augmentation -> normalisation -> forward (autocast on
+CUDA) -> objective -> non-finite check -> backward -> gradient norm (optionally clipped) -> SGD step;
+then the learning-rate step, a test-set evaluation, a metrics line, and (with a run folder) an atomic
+checkpoint and resume state. Runs are repeatable on CPU for a given seed, also across ``resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from defense import LogitPolicy
+from training.checkpoint import ModelCard, save_checkpoint
+from training.data import ImageDataset, normalize
+from training.io import append_json_line, atomic_path, read_json_lines
+from training.objectives import Objective
+
+STATE_FILE = "state.pt"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and run settings. Defaults are the paper's: SGD (momentum 0.9, weight decay 5e-4),
+    lr 0.1 divided by 5 at 30%, 60% and 80% of the epochs (60/120/160 of 200), batch 128."""
+
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: tuple[float, ...] = (0.3, 0.6, 0.8)
+    gamma: float = 0.2
+    optimizer: str = "sgd"
+    grad_clip: float | None = None
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    num_workers: int = 0
+    eval_batch_size: int = 512
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError("grad_clip must be positive")
+
+    def milestone_epochs(self) -> list[int]:
+        """Milestones as epoch numbers: values below 1 are fractions of ``epochs``."""
+        return sorted({round(m * self.epochs) if m < 1 else int(m) for m in self.milestones})
+
+
+@dataclass
+class FitResult:
+    """How a run went: per-epoch history, test accuracy (%) after the last completed epoch (None when
+    none completed), and its stability record. A diverged run is a diverged run, whatever its accuracy."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    test_accuracy: float | None = None
+    max_grad_norm: float = 0.0
+    diverged_step: int | None = None
+    steps: int = 0
+    seconds: float = 0.0
+
+    @property
+    def diverged(self) -> bool:
+        return self.diverged_step is not None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "test_accuracy": self.test_accuracy, "max_grad_norm": self.max_grad_norm, "diverged": self.diverged,
+            "diverged_step": self.diverged_step, "steps": self.steps, "seconds": round(self.seconds, 2),
+            "epochs_run": len(self.history),
+        }
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("CUDA was requested but no GPU is available")
+    return device
+
+
+def autocast_for(device: torch.device, enabled: bool) -> tuple[Callable[[], Any], torch.dtype | None]:
+    """The autocast context factory and dtype for mixed precision on CUDA (bf16 where supported, else fp16)."""
+    if not enabled or device.type != "cuda":
+        return nullcontext, None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return (lambda: torch.autocast("cuda", dtype=dtype)), dtype
+
+
+def progress_enabled() -> bool:
+    """Progress bars unless ``STINGY_PROGRESS=0``."""
+    return os.environ.get("STINGY_PROGRESS", "1") != "0"
+
+
+def prepare_inputs(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> Tensor:
+    """uint8 batch -> normalised float on ``device`` (channels-last on CUDA)."""
+    x = normalize(images.to(device, non_blocking=True), mean, std)
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+def predict_logits(
+    model: nn.Module, dataset: ImageDataset, mean: tuple[float, ...], std: tuple[float, ...], *,
+    device: torch.device | None = None, batch_size: int = 512, amp: bool = True, num_workers: int = 0, desc: str | None = None,
+) -> Tensor:
+    """The model's float32 logits ``[N, K]`` on every image of ``dataset``, in dataset order, on CPU."""
+    device = device or next(model.parameters()).device
+    autocast, _ = autocast_for(device, amp)
+    model.eval()
+    outputs = []
+    batches = dataset.batches(batch_size, num_workers=num_workers)
+    total = math.ceil(len(dataset) / batch_size)
+    with torch.inference_mode():
+        for batch in tqdm(batches, total=total, desc=desc or "predict", leave=False, disable=not progress_enabled()):
+            with autocast():
+                outputs.append(model(prepare_inputs(batch.images, mean, std, device)).float().cpu())
+    return torch.cat(outputs) if outputs else torch.empty(0, dataset.info.num_classes)
+
+
+def accuracy(logits: Tensor, labels: Tensor, policy: LogitPolicy | None = None) -> float:
+    """Top-1 accuracy in percent of ``logits`` (after ``policy``, when given) against ``labels``."""
+    released = policy(logits) if policy is not None else logits
+    correct = int((released.argmax(dim=-1) == labels.to(released.device)).sum())
+    return 100.0 * correct / max(int(labels.shape[0]), 1)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The data-order and augmentation seed of one epoch: independent of how the run got there."""
+    return seed * 1_000_003 + epoch
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def fit(
+    model: nn.Module,
+    objective: Objective,
+    train_data: ImageDataset,
+    test_data: ImageDataset,
+    config: TrainConfig,
+    *,
+    card: ModelCard | None = None,
+    run_dir: str | Path | None = None,
+    checkpoint_name: str = "model.safetensors",
+    resume: bool = False,
+    desc: str = "train",
+) -> FitResult:
+    """Train ``model`` on ``train_data`` minimising ``objective``; evaluate on ``test_data`` every epoch.
+
+    With ``run_dir``: each epoch appends a line to ``metrics.jsonl`` and atomically rewrites the checkpoint
+    (``checkpoint_name``, with ``card`` and that epoch's test accuracy) and ``state.pt`` (optimiser, schedule,
+    history). ``resume=True`` continues from ``state.pt``. A non-finite loss stops the run; the result says
+    at which step, and the checkpoint keeps the last finite epoch's weights.
+    """
+    device = resolve_device(config.device)
+    info = train_data.info
+    mean, std = (card.mean, card.std) if card else (info.mean, info.std)
+    folder = Path(run_dir) if run_dir is not None else None
+    torch.manual_seed(config.seed)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    objective.to(device)
+    optimizer = make_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, config.milestone_epochs(), gamma=config.gamma)
+    autocast, amp_dtype = autocast_for(device, config.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    result = FitResult()
+    start_epoch = 0
+    if folder is not None and resume and (folder / STATE_FILE).is_file():
+        start_epoch = _load_state(folder / STATE_FILE, model, optimizer, scheduler, scaler, result)
+        _truncate_metrics(folder / METRICS_FILE, start_epoch)
+    elif folder is not None and resume is False and (folder / METRICS_FILE).exists():
+        (folder / METRICS_FILE).unlink()
+    clip = config.grad_clip if config.grad_clip is not None else math.inf
+    steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
+    began = time.perf_counter() - result.seconds
+
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        model.train()
+        epoch_began, loss_sum, seen = time.perf_counter(), 0.0, 0
+        epoch_max_norm = 0.0
+        batches = train_data.batches(
+            config.batch_size, shuffle=True, augment=config.augment, seed=epoch_seed(config.seed, epoch), num_workers=config.num_workers
+        )
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"{desc} {epoch}/{config.epochs}", leave=False, disable=not progress_enabled())
+        for batch in bar:
+            inputs = prepare_inputs(batch.images, mean, std, device)
+            labels = batch.labels.to(device, non_blocking=True)
+            with autocast():
+                logits = model(inputs)
+            loss = objective(logits.float(), inputs, batch, labels)
+            result.steps += 1
+            if not torch.isfinite(loss):
+                result.diverged_step = result.steps
+                break
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+            if math.isfinite(norm):
+                epoch_max_norm = max(epoch_max_norm, norm)
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum += loss.item() * len(labels)
+            seen += len(labels)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", refresh=False)
+        bar.close()
+        if result.diverged:
+            break
+        scheduler.step()
+        result.max_grad_norm = max(result.max_grad_norm, epoch_max_norm)
+        test_logits = predict_logits(model, test_data, mean, std, device=device, batch_size=config.eval_batch_size, amp=config.amp, num_workers=config.num_workers, desc="eval")
+        result.test_accuracy = accuracy(test_logits, test_data.labels)
+        result.seconds = time.perf_counter() - began
+        record = {
+            "epoch": epoch, "train_loss": loss_sum / max(seen, 1), "test_accuracy": result.test_accuracy,
+            "lr": optimizer.param_groups[0]["lr"], "max_grad_norm": epoch_max_norm,
+            "epoch_seconds": round(time.perf_counter() - epoch_began, 3), "seconds": round(result.seconds, 3),
+        }
+        result.history.append(record)
+        if folder is not None:
+            append_json_line(folder / METRICS_FILE, record)
+            if card is not None:
+                save_checkpoint(folder / checkpoint_name, model, _with_accuracy(card, result.test_accuracy, epoch, config))
+            _save_state(folder / STATE_FILE, epoch, model, optimizer, scheduler, scaler, result)
+        if progress_enabled():
+            tqdm.write(f"[{desc}] epoch {epoch}/{config.epochs}  loss {record['train_loss']:.4f}  test acc {result.test_accuracy:.2f}%")
+    result.seconds = time.perf_counter() - began
+    return result
+
+
+def _with_accuracy(card: ModelCard, test_accuracy: float, epoch: int, config: TrainConfig) -> ModelCard:
+    extra = {**card.extra, "epochs_trained": epoch, "train_config": asdict(config)}
+    return ModelCard(**{**card.__dict__, "test_accuracy": test_accuracy, "extra": extra})
+
+
+def _save_state(path: Path, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, result: FitResult) -> None:
+    state = {
+        "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(), "history": result.history, "max_grad_norm": result.max_grad_norm,
+        "steps": result.steps, "seconds": result.seconds,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, result: FitResult) -> int:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    result.history = list(state["history"])
+    result.max_grad_norm = float(state["max_grad_norm"])
+    result.steps = int(state["steps"])
+    result.seconds = float(state["seconds"])
+    result.test_accuracy = float(result.history[-1]["test_accuracy"]) if result.history else None
+    return int(state["epoch"])
+
+
+def _truncate_metrics(path: Path, last_epoch: int) -> None:
+    """Drop metric lines of epochs after ``last_epoch`` (written before a crash that lost their state)."""
+    kept = [r for r in read_json_lines(path) if r.get("epoch", 0) <= last_epoch]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))

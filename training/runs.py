@@ -1,0 +1,69 @@
+"""The training set-ups as functions: a teacher (or a student from scratch) on labels, knowledge
+distillation from a teacher through a release policy, and the Nasty Teacher. The CLI and the benchmark
+both call these; each writes its run folder (checkpoint, ``metrics.jsonl``, ``state.pt``, ``result.json``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from defense import LogitPolicy
+from training.checkpoint import ModelCard
+from training.data import ImageDataset
+from training.engine import FitResult, TrainConfig, fit, predict_logits, resolve_device
+from training.io import atomic_write_json
+from training.models import create_model
+from training.objectives import CachedTeacher, LiveTeacher, Objective
+
+RESULT_FILE = "result.json"
+
+
+def card_for(arch: str, data: ImageDataset, extra: dict[str, Any] | None = None) -> ModelCard:
+    """The model card of a model of ``arch`` trained on ``data``."""
+    info = data.info
+    return ModelCard(
+        arch=arch, num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size,
+        mean=info.mean, std=info.std, class_names=info.class_names, dataset=info.name, extra=dict(extra or {}),
+    )
+
+
+def build_model(arch: str, data: ImageDataset, seed: int) -> nn.Module:
+    """A freshly initialised ``arch`` for ``data`` (initialisation seeded)."""
+    torch.manual_seed(seed)
+    info = data.info
+    return create_model(arch, info.num_classes, info.in_channels, info.image_size)
+
+
+def run_training(
+    *, arch: str, objective: Objective, train: ImageDataset, test: ImageDataset, config: TrainConfig, out: str | Path,
+    checkpoint_name: str, resume: bool = False, extra: dict[str, Any] | None = None, desc: str = "train",
+) -> FitResult:
+    """Train a new ``arch`` with ``objective`` into the folder ``out``; returns the run's result."""
+    folder = Path(out)
+    card = card_for(arch, train, {**(extra or {}), **objective.describe()})
+    model = build_model(arch, train, config.seed)
+    result = fit(model, objective, train, test, config, card=card, run_dir=folder, checkpoint_name=checkpoint_name, resume=resume, desc=desc)
+    atomic_write_json(folder / RESULT_FILE, {
+        "arch": arch, "dataset": train.info.name, "train_images": len(train), "checkpoint": checkpoint_name,
+        "objective": objective.describe(), "config": asdict(config), **result.summary(),
+        "history": result.history,
+    })
+    return result
+
+
+def teacher_signal(
+    teacher: nn.Module, card: ModelCard, policy: LogitPolicy, train: ImageDataset, config: TrainConfig, cache: bool
+) -> LiveTeacher | CachedTeacher:
+    """The teacher as a student sees it: live on every (augmented) batch, or precomputed once per image
+    when ``cache`` (only valid without augmentation)."""
+    if not cache:
+        return LiveTeacher(teacher, policy)
+    if config.augment:
+        raise ValueError("a cached teacher needs augmentation off (the student must see the images the teacher saw)")
+    device = resolve_device(config.device)
+    logits = predict_logits(teacher.to(device), train, card.mean, card.std, device=device, amp=config.amp, desc="teacher logits")
+    return CachedTeacher(logits, policy)
