@@ -229,10 +229,10 @@ def fit(
             seen += len(labels)
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", refresh=False)
         bar.close()
+        result.max_grad_norm = max(result.max_grad_norm, epoch_max_norm)
         if result.diverged:
             break
         scheduler.step()
-        result.max_grad_norm = max(result.max_grad_norm, epoch_max_norm)
         test_logits = predict_logits(model, test_data, mean, std, device=device, batch_size=config.eval_batch_size, amp=config.amp, num_workers=config.num_workers, desc="eval")
         result.test_accuracy = accuracy(test_logits, test_data.labels)
         result.seconds = time.perf_counter() - began

@@ -39,11 +39,15 @@ def atomic_write_json(path: str | Path, document: Any) -> None:
 
 
 def append_json_line(path: str | Path, record: dict[str, Any]) -> None:
-    """Append one JSON document as a line and fsync it (a crash loses at most this line, never earlier ones)."""
+    """Append one JSON document as a line and fsync it (a crash loses at most this line, never earlier ones).
+
+    A torn last line left by an earlier crash is closed first, so it cannot swallow this record.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    torn = target.is_file() and target.stat().st_size > 0 and _last_byte(target) != b"\n"
     with open(target, "a") as handle:
-        handle.write(json.dumps(record, sort_keys=True) + "\n")
+        handle.write(("\n" if torn else "") + json.dumps(record, sort_keys=True) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
 
@@ -60,6 +64,12 @@ def read_json_lines(path: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1)
 
 
 def _fsync_directory(folder: Path) -> None:

@@ -1,0 +1,71 @@
+"""Presets expand into the paper's experiments with the paper's settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from training.benchmark.plan import StudentRun, TeacherRun, plan
+from training.benchmark.presets import PRESETS
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_expands_into_unique_ordered_runs(name: str) -> None:
+    runs = plan(PRESETS[name])
+    keys = [run.key for run in runs]
+    assert len(keys) == len(set(keys))
+    first_student = next(i for i, run in enumerate(runs) if isinstance(run, StudentRun))
+    assert all(isinstance(run, TeacherRun) for run in runs[:first_student]), "teachers come before students"
+    nasty = [i for i, run in enumerate(runs) if isinstance(run, TeacherRun) and run.nasty]
+    normal = [i for i, run in enumerate(runs) if isinstance(run, TeacherRun) and not run.nasty]
+    assert not nasty or max(normal) < min(nasty), "a nasty teacher needs its normal teacher first"
+
+
+def test_paper_settings() -> None:
+    for name in ("paper-cifar10", "paper-cifar100", "paper-tiny-imagenet"):
+        preset = PRESETS[name]
+        config = preset.student_config
+        assert (config.epochs, config.lr, config.momentum, config.weight_decay, config.gamma) == (200, 0.1, 0.9, 5e-4, 0.2)
+        assert config.milestone_epochs() == [60, 120, 160]
+        assert (preset.tau, preset.alpha) == (20.0, 0.9)
+    imagenet = PRESETS["paper-imagenet"].student_config
+    assert (imagenet.epochs, imagenet.gamma, imagenet.milestone_epochs()) == (90, 0.1, [30, 60, 80])
+    assert PRESETS["paper-cifar10"].sparse_ratio == 0.2 and PRESETS["paper-cifar100"].sparse_ratio == 0.1
+    nasty = {name: (PRESETS[name].nasty.tau, PRESETS[name].nasty.omega) for name in ("paper-cifar10", "paper-cifar100", "paper-tiny-imagenet")}
+    assert nasty == {"paper-cifar10": (4.0, 0.04), "paper-cifar100": (20.0, 0.005), "paper-tiny-imagenet": (20.0, 0.01)}
+
+
+def test_paper_cifar100_holds_table2_and_the_figures() -> None:
+    keys = {run.key for run in plan(PRESETS["paper-cifar100"])}
+    for teacher in ("resnet18", "resnet50", "resnext29"):
+        assert f"teacher/{teacher}-nasty" in keys
+        for student in ("shufflenetv2", "mobilenetv2", "resnet18", teacher):
+            for source, policy in ((teacher, "normal"), (f"{teacher}-nasty", "normal"), (teacher, "stingy(sparse_ratio=0.1)")):
+                assert f"kd/{source}/{student}/{policy}/tau=20/alpha=0.9/clip=none" in keys
+    assert "kd/resnet18/mobilenetv2/least(sparse_ratio=0.05)/tau=20/alpha=0.9/clip=none" in keys
+    assert "kd/resnet18/shufflenetv2/stingy_smooth(sparse_ratio=0.3)/tau=20/alpha=0.9/clip=none" in keys
+    assert "kd/resnet18/resnet18/reverse/tau=20/alpha=0.9/clip=none" in keys
+    assert "kd/resnet18/mobilenetv2/stingy(sparse_ratio=0.1)/tau=4/alpha=0.9/clip=none" in keys
+
+
+def test_imagenet_is_table4() -> None:
+    keys = [run.key for run in plan(PRESETS["paper-imagenet"])]
+    assert keys == [
+        "teacher/densenet121", "scratch/resnet18_imagenet",
+        "kd/densenet121/resnet18_imagenet/normal/tau=20/alpha=0.9/clip=none",
+        "kd/densenet121/resnet18_imagenet/stingy(sparse_ratio=0.1)/tau=20/alpha=0.9/clip=none",
+    ]
+
+
+def test_reduced_preset_holds_every_experiment_type() -> None:
+    preset = PRESETS["fmnist-cpu"]
+    keys = {run.key for run in plan(preset)}
+    assert "teacher/cnn_small-nasty" in keys and "kd/cnn_small/cnn_small/stingy(sparse_ratio=0.2)/tau=20/alpha=0.9/clip=none" in keys
+    assert {"stingy", "stingy_smooth", "least"} <= set(preset.ratio_policies) and preset.reverse
+    assert preset.temperature_sweep and len(preset.temperature_sweep.values) >= 4
+    assert preset.clip_norm and any(k.endswith("clip=5") for k in keys)
+
+
+def test_scaled_preset_caps_epochs() -> None:
+    scaled = PRESETS["paper-cifar10"].scaled(max_epochs=1, train_subset=10)
+    assert scaled.teacher_config.epochs == scaled.student_config.epochs == scaled.nasty.config.epochs == 1
+    assert scaled.train_subset == 10

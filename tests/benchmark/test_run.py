@@ -1,0 +1,80 @@
+"""``stingy-bench`` end to end: the smoke preset, resumption, the report, and a paper preset on fixture data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.datasets import write_cifar
+from training.benchmark.cli import main
+from training.benchmark.plan import plan
+from training.benchmark.presets import PRESETS
+from training.io import read_json_lines
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "smoke"
+    assert main(["run", "--preset", "smoke", "--out", str(out)]) == 0
+    return out
+
+
+def test_smoke_preset_runs_every_experiment_and_reports(smoke_run: Path) -> None:
+    rows = read_json_lines(smoke_run / "results.jsonl")
+    assert {row["key"] for row in rows} == {run.key for run in plan(PRESETS["smoke"])}
+    teacher = next(row for row in rows if row["key"] == "teacher/lenet5")
+    assert teacher["accuracy"]["stingy"] == teacher["accuracy"]["normal"], "claim (a): stingy keeps the teacher's accuracy"
+    for row in rows:
+        assert row["diverged"] or row["test_accuracy"] is not None
+        assert row["max_grad_norm"] > 0
+    report = (smoke_run / "report.md").read_text()
+    assert "| Student baseline |" in report and "lenet5 (stingy)" in report and "lenet5 (nasty)" in report
+    assert "## Stability of the collapsed students" in report and "(a) Teacher accuracy" in report
+    for figure in ("fig2_sparse_ratio", "fig3_epochs", "fig4_logits", "fig5_top_vs_least", "fig6_temperature"):
+        path = smoke_run / f"{figure}.png"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
+        assert f"({figure}.png)" in report
+
+
+def test_rerun_skips_finished_runs_and_redoes_missing_ones(smoke_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(smoke_run, copy)
+    lines = (copy / "results.jsonl").read_text().splitlines()
+    dropped = [json.loads(line)["key"] for line in lines[-2:]]
+    (copy / "results.jsonl").write_text("\n".join(lines[:-2]) + "\n" + '{"torn": ')  # two lost runs and a torn line
+    capsys.readouterr()
+    assert main(["run", "--preset", "smoke", "--out", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(lines) - 2} already finished, 2 to go" in out
+    assert {row["key"] for row in read_json_lines(copy / "results.jsonl")} >= set(dropped)
+
+
+def test_a_folder_of_another_preset_definition_is_refused(smoke_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    copy = tmp_path / "other"
+    shutil.copytree(smoke_run, copy)
+    assert main(["run", "--preset", "smoke", "--out", str(copy), "--max-epochs", "1", "--train-subset", "10"]) == 2
+    assert "different definition" in capsys.readouterr().err
+
+
+def test_report_of_a_non_benchmark_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a benchmark folder" in capsys.readouterr().err
+
+
+def test_paper_cifar10_code_path_on_cifar_fixture(tmp_path: Path) -> None:
+    """The paper preset's real architectures, live (augmented) teachers and nasty training, on tiny CIFAR-10 files."""
+    write_cifar(tmp_path / "data", "cifar10", per_batch=8)
+    out = tmp_path / "bench"
+    assert main(["run", "--preset", "paper-cifar10", "--out", str(out), "--data-root", str(tmp_path / "data"),
+                 "--max-epochs", "1", "--train-subset", "24", "--test-subset", "8"]) == 0
+    rows = read_json_lines(out / "results.jsonl")
+    assert len(rows) == len(plan(PRESETS["paper-cifar10"]))
+    report = (out / "report.md").read_text()
+    assert "| Teacher network | Teacher accuracy | cnn | resnetc20 | resnetc32 | Teacher self |" in report
+    preset = json.loads((out / "preset.json").read_text())
+    assert preset["teacher_config"]["epochs"] == 1 and preset["dataset"] == "cifar10"

@@ -1,0 +1,73 @@
+"""``stingy-bench``: run the paper's experiments and render their tables and figures.
+
+    stingy-bench presets
+    stingy-bench run --preset fmnist-cpu --out runs/bench/fmnist-cpu
+    stingy-bench report runs/bench/fmnist-cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from training.benchmark.plan import plan
+from training.benchmark.presets import PRESETS
+from training.benchmark.report import write_report
+from training.benchmark.runner import BenchmarkError, run_benchmark
+from training.checkpoint import CheckpointError
+from training.data import DatasetFormatError, DatasetNotFoundError
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    for name, preset in PRESETS.items():
+        print(f"{name:20s} {len(plan(preset)):4d} runs  {preset.summary}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    preset = PRESETS[args.preset].scaled(args.max_epochs, args.train_subset, args.test_subset)
+    run_benchmark(preset, args.out, args.data_root, args.download)
+    print(f"report: {write_report(args.out)}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    print(f"report: {write_report(args.folder)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stingy-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("presets", help="list the presets").set_defaults(handler=cmd_presets)
+    run = commands.add_parser("run", help="run a preset (finished runs are skipped, interrupted ones resume)")
+    run.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    run.add_argument("--out", required=True, type=Path, help="benchmark folder: results.jsonl, report.md, figures, runs/")
+    run.add_argument("--data-root", help="folder holding the preset's dataset")
+    run.add_argument("--download", action="store_true", help="download the dataset if it is missing")
+    quick = run.add_argument_group("trying a preset quickly (the results are then not the paper's settings)")
+    quick.add_argument("--max-epochs", type=int, help="cap every schedule at this many epochs")
+    quick.add_argument("--train-subset", type=int, help="train on this many images")
+    quick.add_argument("--test-subset", type=int, help="evaluate on this many images")
+    run.set_defaults(handler=cmd_run)
+    report = commands.add_parser("report", help="render report.md and the figures of a benchmark folder")
+    report.add_argument("folder", type=Path)
+    report.set_defaults(handler=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (BenchmarkError, DatasetNotFoundError, DatasetFormatError, CheckpointError, ValueError) as error:
+        print(f"stingy-bench: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("stingy-bench: interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The paper's figures from benchmark results, as PNG files (matplotlib, Agg backend).
+
+Fig. 2 sparse-ratio sweep, Fig. 3 accuracy over epochs, Fig. 4 logit visualisation at tau = 4, Fig. 5 top vs
+least logits, Fig. 6 temperature sweep. A diverged run is drawn as a red cross on the x axis, never as a
+low accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+
+from defense import make_policy, tempered_softmax  # noqa: E402
+from training.benchmark.results import NORMAL, Results, accuracy_of, student_arch  # noqa: E402
+
+
+def _pair_axes(count: int, title: str) -> tuple[plt.Figure, list[Axes]]:
+    fig, axes = plt.subplots(1, count, figsize=(max(6.5, 4.6 * count), 4.0), squeeze=False)
+    fig.suptitle(title, fontsize=11)
+    return fig, list(axes[0])
+
+
+def _curve(ax: Axes, xs: Sequence[float], rows: Sequence[dict | None], label: str, style: str) -> None:
+    points = [(x, accuracy_of(r)) for x, r in zip(xs, rows) if r is not None]
+    finite = [(x, y) for x, y in points if y is not None]
+    if finite:
+        ax.plot(*zip(*finite), style, label=label)
+    diverged = [x for x, y in points if y is None]
+    if diverged:  # at the bottom of the axes, whatever its limits
+        ax.plot(diverged, [0.03] * len(diverged), "rx", markersize=9, transform=ax.get_xaxis_transform(), label=f"{label}: diverged")
+
+
+def _level(ax: Axes, row: dict | None, label: str, style: str) -> None:
+    value = accuracy_of(row)
+    if value is not None:
+        ax.axhline(value, linestyle=style, color="gray" if "scratch" in label else "tab:green", label=f"{label} ({value:.1f})")
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def sparse_ratio_figure(results: Results, out: Path, policies: Sequence[str], title: str, name: str) -> Path | None:
+    sweep = results.preset.get("ratio_sweep")
+    if not sweep:
+        return None
+    ratios = [float(r) for r in sweep["values"]]
+    fig, axes = _pair_axes(len(sweep["pairs"]), title)
+    styles = {"stingy": "o-", "stingy_smooth": "s--", "least": "^-."}
+    for ax, (teacher, student) in zip(axes, sweep["pairs"]):
+        arch = student_arch(student, teacher)
+        _level(ax, results.scratch(arch), "scratch", ":")
+        _level(ax, results.kd(teacher, arch, NORMAL, results.tau), "normal KD", "--")
+        if "stingy_smooth" in policies and results.preset.get("reverse"):
+            reverse = results.kd(teacher, arch, {"name": "reverse"}, results.tau)
+            if accuracy_of(reverse) is not None:
+                ax.axhline(accuracy_of(reverse), color="tab:purple", linestyle="-.", label=f"reverse ({accuracy_of(reverse):.1f})")
+        for policy in policies:
+            rows = [results.kd(teacher, arch, {"name": policy, "sparse_ratio": r}, results.tau) for r in ratios]
+            _curve(ax, ratios, rows, policy.replace("stingy", "stingy-sparse") if policy == "stingy" else policy.replace("_", "-"), styles.get(policy, "o-"))
+        ax.set(title=f"{teacher} -> {student}", xlabel="sparse ratio r = N / K", ylabel="student test accuracy (%)")
+        ax.legend(fontsize=7)
+    return _save(fig, out / name)
+
+
+def temperature_figure(results: Results, out: Path) -> Path | None:
+    sweep = results.preset.get("temperature_sweep")
+    if not sweep:
+        return None
+    taus = [float(t) for t in sweep["values"]]
+    fig, axes = _pair_axes(len(sweep["pairs"]), f"Fig. 6: temperature (stingy, r = {results.sparse_ratio:g})")
+    for ax, (teacher, student) in zip(axes, sweep["pairs"]):
+        arch = student_arch(student, teacher)
+        _level(ax, results.scratch(arch), "scratch", ":")
+        _curve(ax, taus, [results.kd(teacher, arch, results.stingy(), t) for t in taus], "stingy KD", "o-")
+        ax.set(title=f"{teacher} -> {student}", xlabel="temperature tau", ylabel="student test accuracy (%)")
+        ax.legend(fontsize=7)
+    return _save(fig, out / "fig6_temperature.png")
+
+
+def epochs_figure(results: Results, out: Path) -> Path | None:
+    teacher = results.preset["teachers"][0]
+    students = results.preset["students"]
+    fig, axes = _pair_axes(len(students), f"Fig. 3: test accuracy over epochs ({teacher} teacher)")
+    drawn = False
+    for ax, student in zip(axes, students):
+        arch = student_arch(student, teacher)
+        series = {
+            "scratch": results.scratch(arch),
+            "normal KD": results.kd(teacher, arch, NORMAL, results.tau),
+            "nasty KD": results.kd(f"{teacher}-nasty", arch, NORMAL, results.tau),
+            "stingy KD": results.kd(teacher, arch, results.stingy(), results.tau),
+        }
+        for label, row in series.items():
+            if row and row.get("history"):
+                ax.plot([h["epoch"] for h in row["history"]], [h["test_accuracy"] for h in row["history"]], marker=".", label=label)
+                drawn = True
+        ax.set(title=f"student {student}", xlabel="epoch", ylabel="test accuracy (%)")
+        ax.legend(fontsize=7)
+    return _save(fig, out / "fig3_epochs.png") if drawn else None
+
+
+def logits_figure(results: Results, out: Path, tau: float = 4.0, image: int = 0) -> Path | None:
+    teacher = results.preset["teachers"][0]
+    normal, nasty = results.teacher(teacher), results.teacher(f"{teacher}-nasty")
+    if normal is None:
+        return None
+    raw = torch.tensor(normal["sample_logits"][image])[None]
+    bars = {"normal": tempered_softmax(raw, tau)[0]}
+    if nasty is not None:
+        bars["nasty"] = tempered_softmax(torch.tensor(nasty["sample_logits"][image])[None], tau)[0]
+    bars[f"stingy (r = {results.sparse_ratio:g})"] = tempered_softmax(make_policy("stingy", sparse_ratio=results.sparse_ratio)(raw), tau)[0]
+    names = normal["class_names"]
+    width = 0.8 / len(bars)
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.55 * len(names)), 4.2))
+    positions = np.arange(len(names))
+    for offset, (label, probs) in enumerate(bars.items()):
+        ax.bar(positions + (offset - (len(bars) - 1) / 2) * width, probs.numpy(), width, label=label)
+    true_class = names[normal["sample_labels"][image]]
+    ax.set(title=f"Fig. 4: teacher probabilities at tau = {tau:g}\n(test image {image}, true class: {true_class})", ylabel="probability")
+    ax.set_xticks(positions, names, rotation=45, ha="right", fontsize=8)
+    ax.legend(fontsize=8)
+    return _save(fig, out / "fig4_logits.png")
+
+
+def all_figures(results: Results, out: Path) -> list[Path]:
+    """Every figure the results support, written into ``out``."""
+    made = [
+        sparse_ratio_figure(results, out, ("stingy", "stingy_smooth"), "Fig. 2: sparse ratio (stingy-sparse, stingy-smooth, reverse)", "fig2_sparse_ratio.png"),
+        epochs_figure(results, out),
+        logits_figure(results, out),
+        sparse_ratio_figure(results, out, ("stingy", "least"), "Fig. 5: top vs least logits", "fig5_top_vs_least.png")
+        if "least" in results.preset.get("ratio_policies", ()) else None,
+        temperature_figure(results, out),
+    ]
+    return [path for path in made if path is not None]

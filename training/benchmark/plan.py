@@ -1,0 +1,133 @@
+"""A preset expanded into the runs it needs, in dependency order, each with a stable key.
+
+Keys identify runs across reruns (``results.jsonl`` is keyed by them) and name their folders. A run that
+several experiments share (e.g. the stingy table run and the matching sweep point) appears once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from defense import make_policy
+from training.benchmark.presets import NastySettings, Preset
+from training.engine import TrainConfig
+
+@dataclass(frozen=True)
+class TeacherRun:
+    """A teacher trained on labels, or (``nasty`` given) a Nasty Teacher trained against the normal teacher
+    of the same architecture."""
+
+    arch: str
+    config: TrainConfig
+    nasty: NastySettings | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch}-nasty" if self.nasty else self.arch
+
+    @property
+    def key(self) -> str:
+        return f"teacher/{self.name}"
+
+
+@dataclass(frozen=True)
+class DistillFrom:
+    """Eq. 1 from teacher run ``teacher``'s logits passed through ``policy`` (config items)."""
+
+    teacher: str
+    policy: tuple[tuple[str, Any], ...]
+    tau: float
+    alpha: float
+
+    @property
+    def policy_config(self) -> dict[str, Any]:
+        return dict(self.policy)
+
+
+@dataclass(frozen=True)
+class StudentRun:
+    """A student trained from scratch (``source`` None) or distilled, optionally with gradient clipping."""
+
+    arch: str
+    config: TrainConfig
+    source: DistillFrom | None = None
+    grad_clip: float | None = None
+
+    @property
+    def key(self) -> str:
+        if self.source is None:
+            return f"scratch/{self.arch}"
+        params = ",".join(f"{k}={v}" for k, v in self.source.policy if k != "name")
+        policy = self.source.policy_config["name"] + (f"({params})" if params else "")
+        clip = f"{self.grad_clip:g}" if self.grad_clip else "none"
+        return f"kd/{self.source.teacher}/{self.arch}/{policy}/tau={self.source.tau:g}/alpha={self.source.alpha:g}/clip={clip}"
+
+
+Run = TeacherRun | StudentRun
+
+
+def slug(key: str) -> str:
+    """A folder name for a run key."""
+    return re.sub(r"[^A-Za-z0-9.=,_-]+", "_", key.replace("/", "__"))
+
+
+def policy_items(name: str, **params: Any) -> tuple[tuple[str, Any], ...]:
+    """A policy config as hashable items, validated by building the policy once."""
+    return tuple(make_policy(name, **params).config().items())
+
+
+def student_arch(student: str, teacher_arch: str) -> str:
+    return teacher_arch if student == "self" else student
+
+
+def plan(preset: Preset) -> list[Run]:
+    """Every run of ``preset``: teachers, nasty teachers, scratch baselines, then distillation runs."""
+    runs: dict[str, Run] = {}
+
+    def add(run: Run) -> None:
+        runs.setdefault(run.key, run)
+
+    def kd(teacher: str, arch: str, policy: tuple[tuple[str, Any], ...], tau: float, clip: float | None = None) -> None:
+        add(StudentRun(arch, preset.student_config, DistillFrom(teacher, policy, tau, preset.alpha), clip))
+
+    stingy = policy_items("stingy", sparse_ratio=preset.sparse_ratio)
+    normal = policy_items("normal")
+    for arch in preset.teachers:
+        add(TeacherRun(arch, preset.teacher_config))
+    if preset.nasty:
+        for arch in preset.teachers:
+            add(TeacherRun(arch, preset.nasty.config or preset.teacher_config, preset.nasty))
+    for arch in preset.teachers:
+        for student in preset.students:
+            add(StudentRun(student_arch(student, arch), preset.student_config))
+    for arch in preset.teachers:  # the comparison table
+        for student in preset.students:
+            target = student_arch(student, arch)
+            kd(arch, target, normal, preset.tau)
+            if preset.nasty:
+                kd(f"{arch}-nasty", target, normal, preset.tau)
+            kd(arch, target, stingy, preset.tau)
+            if preset.clip_norm:
+                kd(arch, target, stingy, preset.tau, preset.clip_norm)
+    if preset.ratio_sweep:
+        for arch, student in preset.ratio_sweep.pairs:
+            target = student_arch(student, arch)
+            add(StudentRun(target, preset.student_config))
+            kd(arch, target, normal, preset.tau)
+            for ratio in preset.ratio_sweep.values:
+                for name in preset.ratio_policies:
+                    kd(arch, target, policy_items(name, sparse_ratio=ratio), preset.tau)
+            if preset.reverse:
+                kd(arch, target, policy_items("reverse"), preset.tau)
+    if preset.temperature_sweep:
+        for arch, student in preset.temperature_sweep.pairs:
+            target = student_arch(student, arch)
+            add(StudentRun(target, preset.student_config))
+            for tau in preset.temperature_sweep.values:
+                kd(arch, target, stingy, tau)
+    def stage(run: Run) -> int:  # normal teachers, then nasty ones (they need them), then students
+        return (1 if run.nasty else 0) if isinstance(run, TeacherRun) else 2
+
+    return sorted(runs.values(), key=stage)

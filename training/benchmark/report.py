@@ -1,0 +1,181 @@
+"""``DIR/report.md`` from a benchmark folder: the paper's tables, the stability table, measured findings
+for the paper's claims, and links to the figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from training.benchmark.figures import all_figures
+from training.benchmark.results import NORMAL, Results, accuracy_of, student_arch
+from training.io import atomic_write_text
+
+REPORT_FILE = "report.md"
+COLLAPSE_POINTS = 5.0  # a student this many points below its scratch baseline counts as collapsed
+
+
+def _fmt(value: float | None, reference: float | None = None, bold_below: bool = False) -> str:
+    if value is None:
+        return "-"
+    text = f"{value:.2f}"
+    if reference is not None:
+        delta = value - reference
+        text += f" ({'**' if bold_below and delta < -COLLAPSE_POINTS else ''}{delta:+.2f}{'**' if bold_below and delta < -COLLAPSE_POINTS else ''})"
+    return text
+
+
+def _cell(row: dict[str, Any] | None, reference: float | None) -> str:
+    if row is None:
+        return "not run"
+    if row.get("diverged"):
+        return f"diverged (step {row['diverged_step']})"
+    return _fmt(accuracy_of(row), reference, bold_below=True)
+
+
+def comparison_table(results: Results, teacher: str) -> str:
+    """Tables 1-4 layout: teacher accuracy and student accuracy after KD, deltas against the baselines."""
+    students = results.preset["students"]
+    header = ["Teacher network", "Teacher accuracy", *[("Teacher self" if s == "self" else s) for s in students]]
+    normal_teacher = results.teacher(teacher)
+    normal_accuracy = normal_teacher["accuracy"]["normal"] if normal_teacher else None
+
+    def baseline(student: str) -> float | None:
+        return normal_accuracy if student == "self" else accuracy_of(results.scratch(student))
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines.append("| Student baseline | - | " + " | ".join("-" if s == "self" else _fmt(baseline(s)) for s in students) + " |")
+    variants: list[tuple[str, str, dict[str, Any], float | None, float | None]] = [("normal", teacher, NORMAL, None, normal_accuracy)]
+    nasty = results.teacher(f"{teacher}-nasty")
+    if nasty:
+        variants.append(("nasty", f"{teacher}-nasty", NORMAL, None, nasty["accuracy"]["normal"]))
+    stingy_accuracy = normal_teacher["accuracy"]["stingy"] if normal_teacher else None
+    variants.append(("stingy", teacher, results.stingy(), None, stingy_accuracy))
+    clip = results.preset.get("clip_norm")
+    if clip:
+        variants.append((f"stingy, attacker clips at {clip:g}", teacher, results.stingy(), clip, stingy_accuracy))
+    for label, source, policy, grad_clip, teacher_accuracy in variants:
+        teacher_text = _fmt(teacher_accuracy, None if label == "normal" else normal_accuracy)
+        cells = [_cell(results.kd(source, student_arch(s, teacher), policy, results.tau, grad_clip), baseline(s)) for s in students]
+        lines.append(f"| {teacher} ({label}) | {teacher_text} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def stability_table(results: Results) -> str:
+    """Claim (f): for every distillation run that collapsed, did its gradients explode, and what does clipping give?"""
+    clip = results.preset.get("clip_norm")
+    lines = [
+        "| run | accuracy | vs scratch | max grad norm (pre-clip) | normal-KD max grad norm | with clipping | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in results.rows:
+        if row["type"] != "student" or row["teacher"] is None or row["grad_clip"] is not None:
+            continue
+        scratch = accuracy_of(results.scratch(row["student"]))
+        value = accuracy_of(row)
+        collapsed = row.get("diverged") or (value is not None and scratch is not None and value < scratch - COLLAPSE_POINTS)
+        if not collapsed:
+            continue
+        normal = results.kd(row["teacher"], row["student"], NORMAL, row["tau"]) or results.kd(row["teacher"], row["student"], NORMAL, results.tau)
+        clipped = results.kd(row["teacher"], row["student"], row["policy"], row["tau"], clip) if clip else None
+        lines.append(
+            f"| `{row['key']}` | {_cell(row, None)} | {_fmt(value - scratch) if value is not None and scratch is not None else '-'} | "
+            f"{row['max_grad_norm']:.3g} | {normal['max_grad_norm']:.3g} | "
+            f"{_cell(clipped, None) if clipped else 'not run'} | {_verdict(row, clipped, normal)} |"
+            if normal else f"| `{row['key']}` | {_cell(row, None)} | - | {row['max_grad_norm']:.3g} | - | - | {_verdict(row, clipped, None)} |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else "No distillation run collapsed (none fell more than 5 points below its scratch baseline)."
+
+
+def _verdict(row: dict[str, Any], clipped: dict[str, Any] | None, normal: dict[str, Any] | None) -> str:
+    if row.get("diverged"):
+        return f"diverged: non-finite loss at step {row['diverged_step']}"
+    exploded = normal is not None and row["max_grad_norm"] > 10 * max(normal["max_grad_norm"], 1e-12)
+    growth = f"gradients {row['max_grad_norm'] / max(normal['max_grad_norm'], 1e-12):.0f}x those of normal KD" if normal else "no normal-KD reference"
+    if clipped is None or accuracy_of(clipped) is None:
+        return growth
+    recovered = accuracy_of(clipped) - (accuracy_of(row) or 0.0)
+    if recovered > COLLAPSE_POINTS:
+        return f"{growth}; clipping recovers {recovered:+.1f} points: unstable optimisation"
+    kind = "exploding gradients, yet" if exploded else "stable gradients;"
+    return f"{growth}; {kind} clipping changes {recovered:+.1f} points: it learned a wrong function"
+
+
+def findings(results: Results) -> list[str]:
+    """Measured answers to the paper's claims, from the first teacher's runs."""
+    teacher = results.preset["teachers"][0]
+    out: list[str] = []
+    normal = results.teacher(teacher)
+    if normal:
+        same = normal["accuracy"]["stingy"] == normal["accuracy"]["normal"]
+        out.append(f"(a) Teacher accuracy: normal {normal['accuracy']['normal']:.2f}%, stingy {normal['accuracy']['stingy']:.2f}% "
+                   f"({'identical' if same else 'DIFFERENT'}).")
+    deltas = []
+    for student in results.preset["students"]:
+        arch = student_arch(student, teacher)
+        scratch, stingy = accuracy_of(results.scratch(arch)), results.kd(teacher, arch, results.stingy(), results.tau)
+        if stingy is not None and stingy.get("diverged"):
+            deltas.append(f"{student}: diverged")
+        elif scratch is not None and accuracy_of(stingy) is not None:
+            deltas.append(f"{student}: {accuracy_of(stingy) - scratch:+.2f}")
+    if deltas:
+        out.append("(b) Stingy-KD student minus scratch student (points): " + ", ".join(deltas) + ".")
+    nasty = results.teacher(f"{teacher}-nasty")
+    if nasty and normal:
+        pairs = []
+        for student in results.preset["students"]:
+            arch = student_arch(student, teacher)
+            n, s = accuracy_of(results.kd(f"{teacher}-nasty", arch, NORMAL, results.tau)), accuracy_of(results.kd(teacher, arch, results.stingy(), results.tau))
+            pairs.append(f"{student}: nasty {_fmt(n)} vs stingy {_fmt(s)}")
+        out.append(f"(c) Nasty teacher accuracy {nasty['accuracy']['normal']:.2f}% "
+                   f"({nasty['accuracy']['normal'] - normal['accuracy']['normal']:+.2f} vs normal). Students: " + "; ".join(pairs) + ".")
+    sweep = results.preset.get("ratio_sweep")
+    if sweep:
+        parts = []
+        for pair_teacher, student in sweep["pairs"]:
+            arch = student_arch(student, pair_teacher)
+            scratch = accuracy_of(results.scratch(arch))
+            smooth = {r: accuracy_of(results.kd(pair_teacher, arch, {"name": "stingy_smooth", "sparse_ratio": r}, results.tau)) for r in sweep["values"]}
+            sparse = {r: accuracy_of(results.kd(pair_teacher, arch, {"name": "stingy", "sparse_ratio": r}, results.tau)) for r in sweep["values"]}
+            reverse = accuracy_of(results.kd(pair_teacher, arch, {"name": "reverse"}, results.tau))
+            worst_smooth = min((v for v in smooth.values() if v is not None), default=None)
+            finite_sparse = {r: v for r, v in sparse.items() if v is not None}
+            worst_ratio = min(finite_sparse, key=finite_sparse.get) if finite_sparse else None
+            parts.append(
+                f"{pair_teacher} -> {student}: scratch {_fmt(scratch)}, stingy-smooth at worst {_fmt(worst_smooth)}, "
+                f"reverse {_fmt(reverse)}, stingy-sparse at worst {_fmt(finite_sparse.get(worst_ratio))} (r = {worst_ratio})"
+            )
+        out.append("(d, e) Sparse-ratio sweep: " + "; ".join(parts) + ".")
+    temps = results.preset.get("temperature_sweep")
+    if temps:
+        parts = []
+        for pair_teacher, student in temps["pairs"]:
+            arch = student_arch(student, pair_teacher)
+            values = [(t, accuracy_of(results.kd(pair_teacher, arch, results.stingy(), t))) for t in temps["values"]]
+            parts.append(f"{pair_teacher} -> {student}: " + ", ".join(f"tau {t:g}: {_fmt(v)}" for t, v in values))
+        out.append("(e) Temperature sweep (stingy): " + "; ".join(parts) + ".")
+    return out
+
+
+def write_report(folder: Path) -> Path:
+    """Render ``folder/report.md`` and the figures beside it; returns the report's path."""
+    results = Results.load(folder)
+    preset = results.preset
+    figures = all_figures(results, folder)
+    done = len(results.rows)
+    lines = [
+        f"# Benchmark `{preset['name']}`", "", preset["summary"], "",
+        f"Dataset `{preset['dataset']}`; KD with tau = {preset['tau']:g}, alpha = {preset['alpha']:g}; stingy sparse ratio r = {preset['sparse_ratio']:g}; "
+        f"{done} finished runs (`results.jsonl`). Teachers: {preset['teacher_config']['epochs']} epochs; students: "
+        f"{preset['student_config']['epochs']} epochs, lr {preset['student_config']['lr']:g}, augmentation {'on' if preset['student_config']['augment'] else 'off'}"
+        + (f"; train subset {preset['train_subset']}" if preset.get("train_subset") else "") + ".",
+        "", "Cells: student test accuracy (%), in brackets the difference to the student trained from scratch "
+        "(for *Teacher self*, to the normal teacher); differences below -5 points in bold.", "",
+    ]
+    for teacher in preset["teachers"]:
+        lines += [f"## Teacher {teacher}", "", comparison_table(results, teacher), ""]
+    lines += ["## Stability of the collapsed students (claim f)", "", stability_table(results), "", "## Findings", ""]
+    lines += [f"- {item}" for item in findings(results)]
+    lines += ["", "## Figures", ""] + [f"![{path.stem}]({path.name})" for path in figures]
+    path = folder / REPORT_FILE
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

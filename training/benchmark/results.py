@@ -1,0 +1,64 @@
+"""Reading a benchmark folder back: the recorded preset and the results rows, with lookups by run fields."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from training.benchmark.runner import PRESET_FILE, RESULTS_FILE, BenchmarkError
+from training.io import read_json_lines
+
+
+@dataclass(frozen=True)
+class Results:
+    """The preset document and every finished run of one benchmark folder."""
+
+    preset: dict[str, Any]
+    rows: list[dict[str, Any]]
+
+    @classmethod
+    def load(cls, folder: Path) -> Results:
+        if not (folder / PRESET_FILE).is_file():
+            raise BenchmarkError(f"{folder} is not a benchmark folder (no {PRESET_FILE}); run `stingy-bench run` first")
+        return cls(json.loads((folder / PRESET_FILE).read_text()), read_json_lines(folder / RESULTS_FILE))
+
+    def teacher(self, name: str) -> dict[str, Any] | None:
+        return next((r for r in self.rows if r["type"] == "teacher" and r["teacher"] == name), None)
+
+    def scratch(self, arch: str) -> dict[str, Any] | None:
+        return next((r for r in self.rows if r["type"] == "student" and r["teacher"] is None and r["student"] == arch), None)
+
+    def kd(self, teacher: str, student: str, policy: dict[str, Any], tau: float, clip: float | None = None) -> dict[str, Any] | None:
+        """The distillation run with exactly these settings (``alpha`` is the preset's)."""
+        for row in self.rows:
+            if (row["type"] == "student" and row["teacher"] == teacher and row["student"] == student and row["policy"] == policy
+                    and row["tau"] == tau and row["grad_clip"] == clip):
+                return row
+        return None
+
+    @property
+    def sparse_ratio(self) -> float:
+        return float(self.preset["sparse_ratio"])
+
+    @property
+    def tau(self) -> float:
+        return float(self.preset["tau"])
+
+    def stingy(self, ratio: float | None = None) -> dict[str, Any]:
+        return {"name": "stingy", "sparse_ratio": self.sparse_ratio if ratio is None else ratio}
+
+
+NORMAL = {"name": "normal"}
+
+
+def student_arch(student: str, teacher_arch: str) -> str:
+    return teacher_arch if student == "self" else student
+
+
+def accuracy_of(row: dict[str, Any] | None) -> float | None:
+    """A run's test accuracy, or None when missing or diverged (a diverged run has no accuracy to compare)."""
+    if row is None or row.get("diverged") or row.get("test_accuracy") is None:
+        return None
+    return float(row["test_accuracy"])

@@ -1,0 +1,142 @@
+"""Runs a preset's plan into ``DIR``: one folder per run under ``DIR/runs/`` and one JSON line per finished
+run in ``DIR/results.jsonl``. A rerun skips finished runs and resumes an interrupted one from its last epoch."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from defense import make_policy
+from training.benchmark.plan import Run, StudentRun, TeacherRun, plan, slug
+from training.benchmark.presets import Preset
+from training.checkpoint import ModelCard, load_checkpoint
+from training.data import ImageDataset, load_dataset
+from training.engine import FitResult, TrainConfig, accuracy, predict_logits, resolve_device
+from training.io import append_json_line, atomic_write_json, read_json_lines
+from training.objectives import CachedTeacher, CrossEntropy, Distillation, LiveTeacher, NastyTraining, Objective
+from training.runs import run_training
+
+RESULTS_FILE = "results.jsonl"
+PRESET_FILE = "preset.json"
+SAMPLE_IMAGES = 8  # test images whose teacher logits are kept for the logit visualisation (Fig. 4)
+
+
+class BenchmarkError(Exception):
+    """A benchmark folder or preset problem the user must fix (printed as one line)."""
+
+
+class BenchmarkRunner:
+    """Executes the runs of one preset, reusing loaded teachers and their training-set logits."""
+
+    def __init__(self, preset: Preset, out: Path, data_root: str | None = None, download: bool = False) -> None:
+        self.preset, self.out = preset, out
+        train = load_dataset(preset.dataset, "train", data_root, download=download, **preset.data_options)
+        test = load_dataset(preset.dataset, "test", data_root, download=download, **preset.data_options)
+        self.train = train.first(preset.train_subset) if preset.train_subset else train
+        self.test = test.first(preset.test_subset) if preset.test_subset else test
+        self._teachers: dict[str, tuple[nn.Module, ModelCard]] = {}
+        self._train_logits: dict[str, Tensor] = {}
+
+    def run_dir(self, run: Run) -> Path:
+        return self.out / "runs" / slug(run.key)
+
+    def execute(self, run: Run) -> dict[str, Any]:
+        """Train ``run`` (resuming its folder) and return its results row."""
+        if isinstance(run, TeacherRun):
+            return self._teacher(run)
+        return self._student(run)
+
+    def _teacher(self, run: TeacherRun) -> dict[str, Any]:
+        objective: Objective = CrossEntropy()
+        if run.nasty:
+            objective = NastyTraining(self.teacher(run.arch)[0], tau=run.nasty.tau, omega=run.nasty.omega)
+        result = self._train(run.arch, objective, run.config, run, "teacher.safetensors")
+        model, card = self.teacher(run.name)
+        logits = predict_logits(model, self.test, card.mean, card.std, desc="teacher on the test set")
+        stingy = make_policy("stingy", sparse_ratio=self.preset.sparse_ratio)
+        return {
+            "type": "teacher", "teacher": run.name, "arch": run.arch, "nasty": run.nasty is not None,
+            "nasty_tau": run.nasty.tau if run.nasty else None, "nasty_omega": run.nasty.omega if run.nasty else None,
+            "accuracy": {"normal": accuracy(logits, self.test.labels), "stingy": accuracy(logits, self.test.labels, stingy)},
+            "sample_logits": logits[:SAMPLE_IMAGES].tolist(), "sample_labels": self.test.labels[:SAMPLE_IMAGES].tolist(),
+            "class_names": list(card.class_names), **_result_fields(result),
+        }
+
+    def _student(self, run: StudentRun) -> dict[str, Any]:
+        config = replace(run.config, grad_clip=run.grad_clip)
+        objective: Objective = CrossEntropy()
+        source = run.source
+        if source is not None:
+            policy = make_policy(**source.policy_config)
+            if self.preset.teacher_cache:
+                signal: CachedTeacher | LiveTeacher = CachedTeacher(self.train_logits(source.teacher), policy)
+            else:
+                signal = LiveTeacher(self.teacher(source.teacher)[0], policy)
+            objective = Distillation(signal, tau=source.tau, alpha=source.alpha)
+        result = self._train(run.arch, objective, config, run, "student.safetensors")
+        return {
+            "type": "student", "student": run.arch, "teacher": source.teacher if source else None,
+            "policy": source.policy_config if source else None, "tau": source.tau if source else None,
+            "alpha": source.alpha if source else None, "grad_clip": run.grad_clip, **_result_fields(result),
+        }
+
+    def _train(self, arch: str, objective: Objective, config: TrainConfig, run: Run, checkpoint: str) -> FitResult:
+        return run_training(arch=arch, objective=objective, train=self.train, test=self.test, config=config,
+                            out=self.run_dir(run), checkpoint_name=checkpoint, resume=True, desc=run.key)
+
+    def teacher(self, name: str) -> tuple[nn.Module, ModelCard]:
+        """A trained teacher of this benchmark by run name (``resnet18``, ``resnet18-nasty``), loaded once."""
+        if name not in self._teachers:
+            path = self.out / "runs" / slug(f"teacher/{name}") / "teacher.safetensors"
+            self._teachers[name] = load_checkpoint(path, resolve_device(self.preset.teacher_config.device))
+        return self._teachers[name]
+
+    def train_logits(self, name: str) -> Tensor:
+        """Teacher ``name``'s logits on every (un-augmented) training image, computed once."""
+        if name not in self._train_logits:
+            model, card = self.teacher(name)
+            self._train_logits[name] = predict_logits(model, self.train, card.mean, card.std, desc=f"{name} logits")
+        return self._train_logits[name]
+
+
+def _result_fields(result: FitResult) -> dict[str, Any]:
+    keep = ("epoch", "train_loss", "test_accuracy", "max_grad_norm", "lr")
+    return {**result.summary(), "history": [{k: h[k] for k in keep} for h in result.history]}
+
+
+def prepare_folder(preset: Preset, out: Path) -> None:
+    """Record the preset in ``out``; refuse a folder that holds results of a different preset definition."""
+    out.mkdir(parents=True, exist_ok=True)
+    recorded = out / PRESET_FILE
+    document = json.loads(json.dumps(preset.to_json()))
+    if recorded.is_file():
+        if json.loads(recorded.read_text()) != document:
+            raise BenchmarkError(f"{out} holds results of a different definition of preset {preset.name!r}; use another --out")
+        return
+    atomic_write_json(recorded, document)
+
+
+def run_benchmark(preset: Preset, out: Path, data_root: str | None = None, download: bool = False) -> list[dict[str, Any]]:
+    """Run every unfinished run of ``preset`` into ``out``; returns all results rows."""
+    prepare_folder(preset, out)
+    results_path = out / RESULTS_FILE
+    done = {row["key"] for row in read_json_lines(results_path)}
+    runs = plan(preset)
+    todo = [run for run in runs if run.key not in done]
+    print(f"{preset.name}: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to go -> {out}", flush=True)
+    runner = BenchmarkRunner(preset, out, data_root, download) if todo else None
+    began = time.perf_counter()
+    for number, run in enumerate(todo, start=1):
+        assert runner is not None
+        row = {"key": run.key, **runner.execute(run)}
+        append_json_line(results_path, row)
+        accuracy_text = "diverged" if row["diverged"] else f"{row['test_accuracy']:.2f}%"
+        print(f"[{number}/{len(todo)}] {run.key}: {accuracy_text} in {row['seconds']:.0f}s "
+              f"(elapsed {time.perf_counter() - began:.0f}s)", flush=True)
+    return read_json_lines(results_path)
