@@ -15,16 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from defense import POLICIES, LogitPolicy, make_policy, policy_parameters
-from training.checkpoint import CheckpointError, load_checkpoint
-from training.data import DatasetFormatError, DatasetNotFoundError, ImageDataset, dataset_names, load_dataset
+from training.checkpoint import load_checkpoint
+from training.console import UsageError, run_command
+from training.data import ImageDataset, dataset_names, load_dataset
 from training.engine import STATE_FILE, FitResult, TrainConfig, resolve_device
 from training.models import list_models
 from training.objectives import CrossEntropy, Distillation, HardLabelDistillation, NastyTraining
 from training.runs import RESULT_FILE, run_training, teacher_signal
-
-
-class UsageError(Exception):
-    """A mistake on the command line or in its inputs; printed as one line, exit status 2."""
 
 
 def add_data_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -212,15 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except (UsageError, DatasetNotFoundError, DatasetFormatError, CheckpointError) as error:
-        print(f"stingy-train: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("stingy-train: interrupted; continue with --resume", file=sys.stderr)
-        return 130
+    return run_command(build_parser(), argv, interrupted_hint="continue with --resume")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,7 @@ from training.benchmark.plan import plan
 from training.benchmark.presets import PRESETS
 from training.benchmark.report import write_report
 from training.benchmark.runner import BenchmarkError, run_benchmark
-from training.checkpoint import CheckpointError
-from training.data import DatasetFormatError, DatasetNotFoundError
+from training.console import run_command
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -58,15 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except (BenchmarkError, DatasetNotFoundError, DatasetFormatError, CheckpointError, ValueError) as error:
-        print(f"stingy-bench: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("stingy-bench: interrupted; run the same command again to continue", file=sys.stderr)
-        return 130
+    return run_command(build_parser(), argv, (BenchmarkError,))
 
 
 if __name__ == "__main__":
