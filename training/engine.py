@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from defense import LogitPolicy
 from training.checkpoint import ModelCard, save_checkpoint
-from training.data import ImageDataset, normalize
+from training.data import Batch, ImageDataset, normalize
 from training.io import append_json_line, atomic_path, read_json_lines
 from training.objectives import Objective
 
@@ -195,50 +195,26 @@ def fit(
         _truncate_metrics(folder / METRICS_FILE, start_epoch)
     elif folder is not None and resume is False and (folder / METRICS_FILE).exists():
         (folder / METRICS_FILE).unlink()
-    clip = config.grad_clip if config.grad_clip is not None else math.inf
-    steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
     began = time.perf_counter() - result.seconds
-
+    step = _Step(model, objective, optimizer, scaler, autocast, config.grad_clip, mean, std, device)
     for epoch in range(start_epoch + 1, config.epochs + 1):
-        model.train()
-        epoch_began, loss_sum, seen = time.perf_counter(), 0.0, 0
-        epoch_max_norm = 0.0
+        epoch_began = time.perf_counter()
         batches = train_data.batches(
             config.batch_size, shuffle=True, augment=config.augment, seed=epoch_seed(config.seed, epoch), num_workers=config.num_workers
         )
-        bar = tqdm(batches, total=steps_per_epoch, desc=f"{desc} {epoch}/{config.epochs}", leave=False, disable=not progress_enabled())
-        for batch in bar:
-            inputs = prepare_inputs(batch.images, mean, std, device)
-            labels = batch.labels.to(device, non_blocking=True)
-            with autocast():
-                logits = model(inputs)
-            loss = objective(logits.float(), inputs, batch, labels)
-            result.steps += 1
-            if not torch.isfinite(loss):
-                result.diverged_step = result.steps
-                break
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-            if math.isfinite(norm):
-                epoch_max_norm = max(epoch_max_norm, norm)
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum += loss.item() * len(labels)
-            seen += len(labels)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", refresh=False)
-        bar.close()
-        result.max_grad_norm = max(result.max_grad_norm, epoch_max_norm)
+        total = math.ceil(len(train_data) / config.batch_size)
+        stats = step.epoch(tqdm(batches, total=total, desc=f"{desc} {epoch}/{config.epochs}", leave=False, disable=not progress_enabled()), result)
+        result.max_grad_norm = max(result.max_grad_norm, stats.max_grad_norm)
         if result.diverged:
             break
         scheduler.step()
-        test_logits = predict_logits(model, test_data, mean, std, device=device, batch_size=config.eval_batch_size, amp=config.amp, num_workers=config.num_workers, desc="eval")
+        test_logits = predict_logits(model, test_data, mean, std, device=device, batch_size=config.eval_batch_size,
+                                     amp=config.amp, num_workers=config.num_workers, desc="eval")
         result.test_accuracy = accuracy(test_logits, test_data.labels)
         result.seconds = time.perf_counter() - began
         record = {
-            "epoch": epoch, "train_loss": loss_sum / max(seen, 1), "test_accuracy": result.test_accuracy,
-            "lr": optimizer.param_groups[0]["lr"], "max_grad_norm": epoch_max_norm,
+            "epoch": epoch, "train_loss": stats.mean_loss, "test_accuracy": result.test_accuracy,
+            "lr": optimizer.param_groups[0]["lr"], "max_grad_norm": stats.max_grad_norm,
             "epoch_seconds": round(time.perf_counter() - epoch_began, 3), "seconds": round(result.seconds, 3),
         }
         result.history.append(record)
@@ -248,9 +224,66 @@ def fit(
                 save_checkpoint(folder / checkpoint_name, model, _with_accuracy(card, result.test_accuracy, epoch, config))
             _save_state(folder / STATE_FILE, epoch, model, optimizer, scheduler, scaler, result)
         if progress_enabled():
-            tqdm.write(f"[{desc}] epoch {epoch}/{config.epochs}  loss {record['train_loss']:.4f}  test acc {result.test_accuracy:.2f}%")
+            tqdm.write(f"[{desc}] epoch {epoch}/{config.epochs}  loss {stats.mean_loss:.4f}  test acc {result.test_accuracy:.2f}%")
     result.seconds = time.perf_counter() - began
     return result
+
+
+@dataclass
+class _EpochStats:
+    loss_sum: float = 0.0
+    seen: int = 0
+    max_grad_norm: float = 0.0
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(self.seen, 1)
+
+
+@dataclass
+class _Step:
+    """One optimisation step: forward (autocast), objective, non-finite check, backward, norm, clip, update."""
+
+    model: nn.Module
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    autocast: Callable[[], Any]
+    grad_clip: float | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    device: torch.device
+
+    def epoch(self, batches: Iterable[Batch], result: FitResult) -> _EpochStats:
+        """Train on ``batches``; a non-finite loss sets ``result.diverged_step`` and ends the epoch unapplied."""
+        self.model.train()
+        stats = _EpochStats()
+        clip = self.grad_clip if self.grad_clip is not None else math.inf
+        for batch in batches:
+            inputs = prepare_inputs(batch.images, self.mean, self.std, self.device)
+            labels = batch.labels.to(self.device, non_blocking=True)
+            with self.autocast():
+                logits = self.model(inputs)
+            loss = self.objective(logits.float(), inputs, batch, labels)
+            result.steps += 1
+            if not torch.isfinite(loss):
+                result.diverged_step = result.steps
+                break
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+            if math.isfinite(norm):  # fp16 overflow steps are skipped by the scaler
+                stats.max_grad_norm = max(stats.max_grad_norm, norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            stats.loss_sum += loss.item() * len(labels)
+            stats.seen += len(labels)
+            if isinstance(batches, tqdm):
+                batches.set_postfix(loss=f"{stats.mean_loss:.4f}", refresh=False)
+        if isinstance(batches, tqdm):
+            batches.close()
+        return stats
 
 
 def _with_accuracy(card: ModelCard, test_accuracy: float, epoch: int, config: TrainConfig) -> ModelCard:
