@@ -1,0 +1,108 @@
+"""``stingy-serve``: serve a teacher checkpoint behind the protected API.
+
+    stingy-serve --checkpoint runs/teacher/teacher.safetensors --policy stingy --sparse-ratio 0.1 --port 8000
+
+Every flag has an environment variable (``STINGY_`` + the flag in capitals, e.g. ``STINGY_MAX_BATCH_SIZE``);
+a flag on the command line wins. API keys come only from ``STINGY_API_KEYS`` or ``--api-keys-file`` (never
+from a flag, which other users could read in the process list). Exit status: 2 for bad settings or
+checkpoint, 3 when the server could not start; after SIGTERM requests in flight complete, then the process
+ends by that signal (status 143), as uvicorn does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from pydantic import ValidationError
+
+from app.errors import describe_validation_errors
+from app.main import create_app
+from app.settings import ServeSettings
+from training.checkpoint import CheckpointError, read_card
+from training.cli import UsageError, add_policy_options, policy_from_args
+
+POLICY_FLAGS = ("policy", "sparse_ratio", "k", "policy_param")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stingy-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     argument_default=None)
+    model = parser.add_argument_group("model")
+    model.add_argument("--checkpoint", type=Path, help="teacher checkpoint (.safetensors) [STINGY_CHECKPOINT]")
+    model.add_argument("--model-name", help="name in URLs and responses (default: the checkpoint's file stem)")
+    model.add_argument("--device", help="auto (CUDA when present, the default), cpu, cuda, cuda:1, ...")
+    add_policy_options(parser)
+    parser.set_defaults(policy=None)  # tell "not given" (the environment decides) from an explicit --policy
+    parser.epilog = ("Policy flags on the command line replace every policy setting of the environment "
+                     "(--policy then defaults to stingy).")
+    net = parser.add_argument_group("network")
+    net.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 in containers)")
+    net.add_argument("--port", type=int, help="port (default 8000)")
+    net.add_argument("--graceful-timeout-s", type=float, help="on SIGTERM, how long requests in flight may take (default 30)")
+    net.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    net.add_argument("--access-log", help="JSON-lines access log file; '-' for standard output (default), '' for none")
+    batching = parser.add_argument_group("batching")
+    batching.add_argument("--max-batch-size", type=int, help="most images in one forward pass (default 64)")
+    batching.add_argument("--max-delay-ms", type=float, help="longest wait for requests to join a batch (default 2)")
+    batching.add_argument("--no-batching", dest="batching", action="store_const", const=False,
+                          help="one forward pass per request")
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--max-body-bytes", type=int, help="largest request body (default 16 MiB)")
+    limits.add_argument("--max-images-per-request", type=int, help="most images in one request (default 256)")
+    limits.add_argument("--max-image-pixels", type=int, help="largest decoded PNG/JPEG in pixels (default 4096*4096)")
+    security = parser.add_argument_group("security")
+    security.add_argument("--api-keys-file", type=Path, help="one key per line, 'name:secret' or a bare secret")
+    security.add_argument("--budget-images", type=int, help="images each key may query in total (default unlimited)")
+    security.add_argument("--budget-db", type=Path, help="SQLite file keeping budget counts (default stingy-budget.sqlite3)")
+    security.add_argument("--rate-limit", type=float, help="requests per second per key (default unlimited)")
+    security.add_argument("--rate-burst", type=int, help="token-bucket size (default ceil(rate limit))")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> ServeSettings:
+    """Settings from the environment, overridden by the flags given on the command line."""
+    given = {name: value for name, value in vars(args).items() if value not in (None, []) and name not in POLICY_FLAGS}
+    if any(getattr(args, name) not in (None, []) for name in POLICY_FLAGS):
+        args.policy = args.policy or "stingy"
+        config = policy_from_args(args).config()
+        given.update(policy=config.pop("name"), sparse_ratio=config.pop("sparse_ratio", None), k=config.pop("k", None),
+                     policy_params=config)
+    return ServeSettings(**given)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+        card = read_card(settings.checkpoint)
+        settings.build_policy().released_count(card.num_classes)  # e.g. k larger than the number of classes
+    except ValidationError as error:
+        return _fail("invalid settings: " + describe_validation_errors(error.errors(include_input=False, include_url=False)))
+    except (UsageError, CheckpointError, ValueError) as error:
+        return _fail(str(error))
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        app = create_app(settings)
+    except (ValueError, OSError) as error:  # the API keys file: unreadable, empty secret, repeated name
+        return _fail(str(error))
+    config: dict[str, Any] = {
+        "host": settings.host, "port": settings.port, "log_level": settings.log_level, "access_log": False,
+        "lifespan": "on", "timeout_graceful_shutdown": settings.graceful_timeout_s,
+    }
+    server = uvicorn.Server(uvicorn.Config(app, **config))
+    server.run()
+    return 0 if server.started else 3
+
+
+def _fail(message: str) -> int:
+    print(f"stingy-serve: {message}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""ASGI middleware: the request-body size limit, and per-request metrics and access log."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.access_log import AccessLog
+from app.errors import PayloadTooLarge
+from app.metrics import ServiceMetrics
+
+UNMATCHED_ROUTE = "unmatched"
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over ``max_bytes`` with 413: at once when ``Content-Length`` says so, otherwise as soon
+    as the streamed body passes the limit (the route reading it gets :class:`PayloadTooLarge`)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            response = PayloadTooLarge(self._message(f"{declared} bytes")).response()
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise PayloadTooLarge(self._message("the streamed body"))
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _message(self, size: str) -> str:
+        return f"request body too large: {size} exceeds the limit of {self.max_bytes} bytes"
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+class ObservabilityMiddleware:
+    """Record every HTTP request in the metrics and the access log once its response has been sent.
+
+    Routes report the caller's key id and image count through ``request.state.key_id`` / ``.images``.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, access_log: AccessLog) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = 500  # an exception before the response started becomes a 500 further out
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            seconds = time.perf_counter() - began
+            route = getattr(scope.get("route"), "path", UNMATCHED_ROUTE)
+            state: dict[str, Any] = scope.get("state") or {}
+            self.metrics.observe_request(route, scope["method"], status, seconds)
+            self.access_log.write(method=scope["method"], route=route, status=status, key=state.get("key_id"),
+                                  images=int(state.get("images", 0)), latency_s=seconds)

@@ -1,0 +1,1 @@
+"""HTTP routes: operations (health, readiness, metrics), v1 and the Open Inference Protocol v2."""

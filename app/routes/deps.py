@@ -1,0 +1,36 @@
+"""FastAPI dependencies shared by the model routes: the service, the caller's key id (auth and rate
+limit), and the budget header."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.service import Service
+
+
+def get_service(request: Request) -> Service:
+    return request.app.state.service
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+
+
+def caller(request: Request, service: ServiceDep) -> str:
+    """Authenticate the request (401 unless a configured key is given) and take a rate-limit token (429).
+
+    The key id is recorded for the access log; open servers give ``anonymous``.
+    """
+    key_id = service.keys.authenticate(request.headers)
+    request.state.key_id = key_id
+    service.limit_rate(key_id)
+    return key_id
+
+
+KeyId = Annotated[str, Depends(caller)]
+
+
+def budget_headers(remaining: int | None) -> dict[str, str]:
+    """``X-Budget-Remaining`` (images) when the key has a budget."""
+    return {} if remaining is None else {"X-Budget-Remaining": str(remaining)}

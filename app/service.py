@@ -1,0 +1,164 @@
+"""One server instance: the model runner and batcher, keys, budgets, rate limits, metrics and access log,
+and their life cycle (load -> warm up -> ready -> drain)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from starlette.concurrency import run_in_threadpool
+from torch import Tensor
+
+from app.access_log import AccessLog
+from app.batcher import BatcherClosed, DynamicBatcher
+from app.codecs import InputLimits
+from app.errors import BudgetExhausted, NotFound, NotReady, RateLimited
+from app.metrics import ServiceMetrics
+from app.runner import ModelRunner
+from app.security import BudgetStore, KeyRing, RateLimiter
+from app.settings import ServeSettings
+from defense import SparseLogits
+
+logger = logging.getLogger("stingy.serve")
+
+MODEL_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class Inference:
+    """What a request gets back: its released pairs, and the key's remaining budget (None if unlimited)."""
+
+    released: SparseLogits
+    budget_remaining: int | None
+
+
+class Service:
+    """Holds every component of a server; :meth:`start` and :meth:`stop` run in the app's lifespan."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        """Check the key configuration and set up metrics and the access log; nothing is loaded yet.
+
+        Only the keys' SHA-256 digests are kept: the secrets are dropped from the service's copy of the settings.
+        """
+        self.keys = KeyRing.from_sources((key.get_secret_value() for key in settings.api_keys), settings.api_keys_file)
+        self.settings = settings = settings.model_copy(update={"api_keys": []})
+        self.name = settings.served_name
+        self.limits = InputLimits(settings.max_images_per_request, settings.max_image_pixels)
+        self.limiter = RateLimiter(settings.rate_limit, settings.rate_burst) if settings.rate_limit else None
+        self.metrics = ServiceMetrics(settings.max_batch_size, lambda: self.batcher.queued_images if self.batcher else 0)
+        self.access_log = AccessLog(settings.access_log)
+        self.budget: BudgetStore | None = None
+        self.runner: ModelRunner | None = None
+        self.batcher: DynamicBatcher | None = None
+        self.ready = False
+        self.warmup_error: str | None = None
+        self._warmup: asyncio.Task[None] | None = None
+
+    # ---- life cycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the checkpoint (errors propagate: the server does not start), start batching, and warm up
+        in the background; :attr:`ready` turns true when the warm-up pass is done."""
+        settings = self.settings
+        self.runner = await run_in_threadpool(
+            ModelRunner, settings.checkpoint, settings.build_policy(), device=settings.device, max_batch_size=settings.max_batch_size
+        )
+        if settings.budget_images is not None:
+            self.budget = BudgetStore(settings.budget_db, settings.budget_images)
+        if not self.runner.policy.masks:
+            logger.warning("policy %r releases all %d classes per image: this server does not hide the teacher's logits",
+                           self.runner.policy.name, self.runner.num_classes)
+        self.batcher = DynamicBatcher(self.runner.forward, max_batch_size=settings.max_batch_size,
+                                      max_delay_s=settings.max_delay_ms / 1000.0, merge=settings.batching,
+                                      observe=self.metrics.observe_batch)
+        self.batcher.start()
+        self._warmup = asyncio.get_running_loop().create_task(self._warm_up(), name="stingy-warmup")
+
+    async def _warm_up(self) -> None:
+        assert self.runner is not None
+        try:
+            seconds = await run_in_threadpool(self.runner.warm_up)
+        except Exception as error:
+            self.warmup_error = f"warm-up failed ({type(error).__name__}); see the server log"
+            logger.exception("warm-up failed; the server stays not ready")
+            return
+        self.ready = True
+        logger.info("ready (warm-up %.2f s): model %r = %s; key auth %s", seconds, self.name, self.runner.describe(),
+                    f"on ({len(self.keys.key_ids)} keys)" if self.keys.enabled else "off")
+
+    async def wait_ready(self) -> bool:
+        """Wait for the warm-up started by :meth:`start` to finish; True when the service is ready."""
+        if self._warmup is not None:
+            await asyncio.shield(self._warmup)
+        return self.ready
+
+    async def stop(self) -> None:
+        """Stop taking requests, finish the queued ones, and close the budget store and the access log."""
+        self.ready = False
+        if self._warmup is not None and not self._warmup.done():
+            self._warmup.cancel()
+        if self.batcher is not None:
+            await self.batcher.stop()
+        if self.budget is not None:
+            self.budget.close()
+        self.access_log.close()
+
+    # ---- per request ---------------------------------------------------------------------------------
+
+    def require_ready(self) -> ModelRunner:
+        """The runner, or :class:`NotReady` while loading or warming up."""
+        if not self.ready or self.runner is None:
+            raise NotReady(self.warmup_error or "the model is loading or warming up; retry shortly")
+        return self.runner
+
+    def require_model(self, name: str, version: str | None = None) -> ModelRunner:
+        """The runner when ``name`` (and ``version``) is what this server serves, else :class:`NotFound`."""
+        if name != self.name:
+            raise NotFound(f"model {name!r} not found; this server serves {self.name!r}")
+        if version is not None and version != MODEL_VERSION:
+            raise NotFound(f"model {name!r} has no version {version!r}; versions: [{MODEL_VERSION!r}]")
+        if self.runner is None:
+            raise NotReady("the model is loading; retry shortly")
+        return self.runner
+
+    def limit_rate(self, key_id: str) -> None:
+        """Take a rate-limit token for ``key_id`` (no-op without a limit); :class:`RateLimited` when out."""
+        if self.limiter is None:
+            return
+        try:
+            self.limiter.acquire(key_id)
+        except RateLimited:
+            self.metrics.rate_limit_rejections.labels(key_id).inc()
+            raise
+
+    def budget_remaining(self, key_id: str) -> int | None:
+        return None if self.budget is None else self.budget.remaining(key_id)
+
+    async def infer(self, key_id: str, images: Tensor) -> Inference:
+        """Reserve budget for the decoded ``images``, run them through the batcher, and count them as served.
+
+        A request that does not fit the remaining budget is refused whole (nothing counted); a reservation
+        is given back if the server fails to answer.
+        """
+        runner = self.require_ready()
+        runner.check_input(images)
+        count = int(images.shape[0])
+        remaining = None
+        if self.budget is not None:
+            try:
+                remaining = await run_in_threadpool(self.budget.reserve, key_id, count)
+            except BudgetExhausted:
+                self.metrics.budget_rejections.labels(key_id).inc()
+                raise
+        assert self.batcher is not None
+        try:
+            released = await self.batcher.submit(images)
+        except BaseException as error:
+            if self.budget is not None:
+                self.budget.refund(key_id, count)
+            if isinstance(error, BatcherClosed):
+                raise NotReady("the server is shutting down") from None
+            raise
+        self.metrics.images_served.labels(key_id).inc(count)
+        return Inference(released, remaining)

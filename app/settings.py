@@ -1,0 +1,101 @@
+"""Every setting of the service, from ``STINGY_*`` environment variables or ``stingy-serve`` flags.
+
+``ServeSettings()`` reads the environment (prefix ``STINGY_``, e.g. ``STINGY_CHECKPOINT``,
+``STINGY_SPARSE_RATIO``); keyword arguments override it, which is how the command line wins over the
+environment. Values are validated here, so a bad setting stops the server before it loads anything.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from defense import LogitPolicy, make_policy
+
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+
+
+class ServeSettings(BaseSettings):
+    """Settings of one server process. See docs/serving.md for the meaning of each one."""
+
+    model_config = SettingsConfigDict(env_prefix="STINGY_", extra="forbid")
+
+    # model and release policy
+    checkpoint: Path = Field(description="teacher checkpoint (.safetensors) to serve")
+    model_name: str | None = Field(None, description="name in URLs and responses (default: the checkpoint's file stem)")
+    policy: str = Field("stingy", description="release policy (see `stingy-train policies`)")
+    sparse_ratio: float | None = Field(None, description="r: the policy keeps N = max(1, round(r K)) classes")
+    k: int | None = Field(None, description="N directly: the policy keeps exactly k classes")
+    policy_params: dict[str, Any] = Field(default_factory=dict, description="other policy parameters, JSON object")
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+
+    # network
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    graceful_timeout_s: float = Field(30.0, gt=0, description="on SIGTERM, how long requests in flight may take")
+    log_level: str = Field("info", pattern=r"^(critical|error|warning|info|debug)$")
+    access_log: str = Field("-", description="JSON-lines access log file; '-' for standard output, '' for none")
+
+    # batching
+    max_batch_size: int = Field(64, ge=1, le=65536, description="most images in one forward pass")
+    max_delay_ms: float = Field(2.0, ge=0, le=10_000, description="longest wait for more requests to join a batch")
+    batching: bool = Field(True, description="merge concurrent requests into one forward pass")
+
+    # limits
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest request body")
+    max_images_per_request: int = Field(256, ge=1, description="most images in one request")
+    max_image_pixels: int = Field(4096 * 4096, ge=1, description="largest decoded PNG/JPEG, in pixels")
+
+    # security
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="API keys, comma separated, each 'name:secret' or a bare secret"
+    )
+    api_keys_file: Path | None = Field(None, description="file with one API key per line ('name:secret' or secret)")
+    budget_images: int | None = Field(None, ge=0, description="images each key may query in total (unlimited if unset)")
+    budget_db: Path = Field(Path("stingy-budget.sqlite3"), description="SQLite file that keeps the budget counts")
+    rate_limit: float | None = Field(None, gt=0, description="requests per second per key (unlimited if unset)")
+    rate_burst: int | None = Field(None, ge=1, description="token-bucket size (default: ceil(rate_limit))")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("model_name")
+    @classmethod
+    def _check_model_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(MODEL_NAME_PATTERN, value):
+            raise ValueError("model_name may hold letters, digits, '_', '.' and '-' (starting with a letter or digit)")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> ServeSettings:
+        if self.model_name is None:
+            stem = re.sub(r"[^A-Za-z0-9_.-]", "-", self.checkpoint.stem).lstrip("-_.") or "model"
+            self.model_name = stem[:128]
+        if self.rate_burst is not None and self.rate_limit is None:
+            raise ValueError("rate_burst needs rate_limit")
+        self.build_policy()  # raises ValueError for an unknown policy or bad parameters
+        return self
+
+    @property
+    def served_name(self) -> str:
+        """The model name in URLs and responses."""
+        assert self.model_name is not None  # filled in by the validator
+        return self.model_name
+
+    def build_policy(self) -> LogitPolicy:
+        """A fresh policy object from ``policy``, ``sparse_ratio``, ``k`` and ``policy_params``."""
+        params = dict(self.policy_params)
+        for name, value in (("sparse_ratio", self.sparse_ratio), ("k", self.k)):
+            if value is not None:
+                if params.get(name, value) != value:
+                    raise ValueError(f"{name} is given twice with different values ({params[name]!r} and {value!r})")
+                params[name] = value
+        return make_policy(self.policy, **params)
