@@ -41,13 +41,27 @@ def atomic_write_json(path: str | Path, document: Any) -> None:
 def append_json_line(path: str | Path, record: dict[str, Any]) -> None:
     """Append one JSON document as a line and fsync it (a crash loses at most this line, never earlier ones).
 
-    A torn last line left by an earlier crash is closed first, so it cannot swallow this record.
+    A torn last line left by an earlier crash is cut off first, so it cannot swallow this record.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    torn = target.is_file() and target.stat().st_size > 0 and _last_byte(target) != b"\n"
+    cut_torn_tail(target)
     with open(target, "a") as handle:
-        handle.write(("\n" if torn else "") + json.dumps(record, sort_keys=True) + "\n")
+        handle.write(json.dumps(record, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def cut_torn_tail(path: Path) -> None:
+    """Cut an unfinished last line (a crash in the middle of an append) off the JSON-lines file ``path``."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) == b"\n":
+            return
+        handle.seek(0)
+        handle.truncate(handle.read().rfind(b"\n") + 1)
         handle.flush()
         os.fsync(handle.fileno())
 
@@ -64,12 +78,6 @@ def read_json_lines(path: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return records
-
-
-def _last_byte(path: Path) -> bytes:
-    with open(path, "rb") as handle:
-        handle.seek(-1, os.SEEK_END)
-        return handle.read(1)
 
 
 def _fsync_directory(folder: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from training.data import download as downloads
 from training.data.base import ImageDataset
@@ -165,7 +166,7 @@ def dataset_names() -> list[str]:
 
 
 def load_dataset(
-    name: str, split: str = "train", root: str | Path | None = None, download: bool = False, **options: object
+    name: str, split: str = "train", root: str | Path | None = None, download: bool = False, **options: Any
 ) -> ImageDataset:
     """Load ``split`` of dataset ``name`` from ``root`` (its default root when None).
 
@@ -187,6 +188,6 @@ def load_dataset(
     return dataset
 
 
-def dataset_info(name: str, root: str | Path | None = None, **options: object) -> DatasetInfo:
+def dataset_info(name: str, root: str | Path | None = None, **options: Any) -> DatasetInfo:
     """The :class:`DatasetInfo` of ``name`` as found on disk (reads the test split)."""
     return load_dataset(name, "test", root, **options).info
