@@ -62,7 +62,10 @@ def test_reduced_preset_holds_every_experiment_type() -> None:
     assert "teacher/cnn_small-nasty" in keys and "kd/cnn_small/cnn_small/stingy(sparse_ratio=0.2)/tau=20/alpha=0.9/clip=none" in keys
     assert {"stingy", "stingy_smooth", "least"} <= set(preset.ratio_policies) and preset.reverse
     assert preset.temperature_sweep and len(preset.temperature_sweep.values) >= 4
-    assert preset.clip_norm and any(k.endswith("clip=5") for k in keys)
+    assert preset.clip_norm
+    for key in keys:
+        if key.startswith("kd/"):
+            assert key.rsplit("/", 1)[0] + "/clip=none" in keys and key.rsplit("/", 1)[0] + "/clip=5" in keys, key
 
 
 def test_scaled_preset_caps_epochs() -> None:

@@ -22,6 +22,9 @@ from defense import make_policy, tempered_softmax  # noqa: E402
 from training.benchmark.results import NORMAL, Results, accuracy_of, student_arch  # noqa: E402
 
 
+KIND_COLORS = {"scratch": "gray", "normal": "tab:green", "nasty": "tab:orange", "stingy": "tab:blue"}
+
+
 def _pair_axes(count: int, title: str) -> tuple[plt.Figure, list[Axes]]:
     fig, axes = plt.subplots(1, count, figsize=(max(6.5, 4.6 * count), 4.0), squeeze=False)
     fig.suptitle(title, fontsize=11)
@@ -42,6 +45,15 @@ def _level(ax: Axes, row: dict | None, label: str, style: str) -> None:
     value = accuracy_of(row)
     if value is not None:
         ax.axhline(value, linestyle=style, color="gray" if "scratch" in label else "tab:green", label=f"{label} ({value:.1f})")
+
+
+def _attacker_label(label: str, grad_clip: float | None) -> str:
+    return f"{label}, clip {grad_clip:g}" if grad_clip else label
+
+
+def _attacker_style(style: str, grad_clip: float | None) -> str:
+    """Solid for the paper's attacker, dashed for the one that clips its gradient norm."""
+    return f"{style[0]}--" if grad_clip else style  # styles are a marker then a line
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -67,8 +79,10 @@ def sparse_ratio_figure(results: Results, out: Path, policies: Sequence[str], ti
             if accuracy_of(reverse) is not None:
                 ax.axhline(accuracy_of(reverse), color="tab:purple", linestyle="-.", label=f"reverse ({accuracy_of(reverse):.1f})")
         for policy in policies:
-            rows = [results.kd(teacher, arch, {"name": policy, "sparse_ratio": r}, results.tau) for r in ratios]
-            _curve(ax, ratios, rows, policy.replace("stingy", "stingy-sparse") if policy == "stingy" else policy.replace("_", "-"), styles.get(policy, "o-"))
+            label = "stingy-sparse" if policy == "stingy" else policy.replace("_", "-")
+            for grad_clip in results.clip_variants:
+                rows = [results.kd(teacher, arch, {"name": policy, "sparse_ratio": r}, results.tau, grad_clip) for r in ratios]
+                _curve(ax, ratios, rows, _attacker_label(label, grad_clip), _attacker_style(styles.get(policy, "o-"), grad_clip))
         ax.set(title=f"{teacher} -> {student}", xlabel="sparse ratio r = N / K", ylabel="student test accuracy (%)")
         ax.legend(fontsize=7)
     return _save(fig, out / name)
@@ -83,7 +97,9 @@ def temperature_figure(results: Results, out: Path) -> Path | None:
     for ax, (teacher, student) in zip(axes, sweep["pairs"]):
         arch = student_arch(student, teacher)
         _level(ax, results.scratch(arch), "scratch", ":")
-        _curve(ax, taus, [results.kd(teacher, arch, results.stingy(), t) for t in taus], "stingy KD", "o-")
+        for grad_clip in results.clip_variants:
+            rows = [results.kd(teacher, arch, results.stingy(), t, grad_clip) for t in taus]
+            _curve(ax, taus, rows, _attacker_label("stingy KD", grad_clip), _attacker_style("o-", grad_clip))
         ax.set(title=f"{teacher} -> {student}", xlabel="temperature tau", ylabel="student test accuracy (%)")
         ax.legend(fontsize=7)
     return _save(fig, out / "fig6_temperature.png")
@@ -96,16 +112,19 @@ def epochs_figure(results: Results, out: Path) -> Path | None:
     drawn = False
     for ax, student in zip(axes, students):
         arch = student_arch(student, teacher)
-        series = {
-            "scratch": results.scratch(arch),
-            "normal KD": results.kd(teacher, arch, NORMAL, results.tau),
-            "nasty KD": results.kd(f"{teacher}-nasty", arch, NORMAL, results.tau),
-            "stingy KD": results.kd(teacher, arch, results.stingy(), results.tau),
-        }
+        series = {"scratch": results.scratch(arch)}
+        for grad_clip in results.clip_variants:
+            series[_attacker_label("normal KD", grad_clip)] = results.kd(teacher, arch, NORMAL, results.tau, grad_clip)
+            series[_attacker_label("nasty KD", grad_clip)] = results.kd(f"{teacher}-nasty", arch, NORMAL, results.tau, grad_clip)
+            series[_attacker_label("stingy KD", grad_clip)] = results.kd(teacher, arch, results.stingy(), results.tau, grad_clip)
         for label, row in series.items():
             if row and row.get("history"):
-                ax.plot([h["epoch"] for h in row["history"]], [h["test_accuracy"] for h in row["history"]], marker=".", label=label)
+                color = next(c for kind, c in KIND_COLORS.items() if label.startswith(kind))
+                ax.plot([h["epoch"] for h in row["history"]], [h["test_accuracy"] for h in row["history"]],
+                        "--" if "clip" in label else "-", color=color, marker=".", label=label)
                 drawn = True
+            elif row and row.get("diverged"):
+                ax.plot([], [], "rx", label=f"{label}: diverged at step {row['diverged_step']}")
         ax.set(title=f"student {student}", xlabel="epoch", ylabel="test accuracy (%)")
         ax.legend(fontsize=7)
     return _save(fig, out / "fig3_epochs.png") if drawn else None

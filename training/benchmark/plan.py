@@ -89,8 +89,10 @@ def plan(preset: Preset) -> list[Run]:
     def add(run: Run) -> None:
         runs.setdefault(run.key, run)
 
-    def kd(teacher: str, arch: str, policy: tuple[tuple[str, Any], ...], tau: float, clip: float | None = None) -> None:
-        add(StudentRun(arch, preset.student_config, DistillFrom(teacher, policy, tau, preset.alpha), clip))
+    def kd(teacher: str, arch: str, policy: tuple[tuple[str, Any], ...], tau: float) -> None:
+        """The paper's attacker, and (with ``clip_norm``) its twin that keeps training stable by clipping."""
+        for clip in (None, preset.clip_norm) if preset.clip_norm else (None,):
+            add(StudentRun(arch, preset.student_config, DistillFrom(teacher, policy, tau, preset.alpha), clip))
 
     stingy = policy_items("stingy", sparse_ratio=preset.sparse_ratio)
     normal = policy_items("normal")
@@ -109,8 +111,6 @@ def plan(preset: Preset) -> list[Run]:
             if preset.nasty:
                 kd(f"{arch}-nasty", target, normal, preset.tau)
             kd(arch, target, stingy, preset.tau)
-            if preset.clip_norm:
-                kd(arch, target, stingy, preset.tau, preset.clip_norm)
     if preset.ratio_sweep:
         for arch, student in preset.ratio_sweep.pairs:
             target = student_arch(student, arch)

@@ -44,19 +44,17 @@ def comparison_table(results: Results, teacher: str) -> str:
 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines.append("| Student baseline | - | " + " | ".join("-" if s == "self" else _fmt(baseline(s)) for s in students) + " |")
-    variants: list[tuple[str, str, dict[str, Any], float | None, float | None]] = [("normal", teacher, NORMAL, None, normal_accuracy)]
+    kinds: list[tuple[str, str, dict[str, Any], float | None]] = [("normal", teacher, NORMAL, normal_accuracy)]
     nasty = results.teacher(f"{teacher}-nasty")
     if nasty:
-        variants.append(("nasty", f"{teacher}-nasty", NORMAL, None, nasty["accuracy"]["normal"]))
-    stingy_accuracy = normal_teacher["accuracy"]["stingy"] if normal_teacher else None
-    variants.append(("stingy", teacher, results.stingy(), None, stingy_accuracy))
-    clip = results.preset.get("clip_norm")
-    if clip:
-        variants.append((f"stingy, attacker clips at {clip:g}", teacher, results.stingy(), clip, stingy_accuracy))
-    for label, source, policy, grad_clip, teacher_accuracy in variants:
-        teacher_text = _fmt(teacher_accuracy, None if label == "normal" else normal_accuracy)
-        cells = [_cell(results.kd(source, student_arch(s, teacher), policy, results.tau, grad_clip), baseline(s)) for s in students]
-        lines.append(f"| {teacher} ({label}) | {teacher_text} | " + " | ".join(cells) + " |")
+        kinds.append(("nasty", f"{teacher}-nasty", NORMAL, nasty["accuracy"]["normal"]))
+    kinds.append(("stingy", teacher, results.stingy(), normal_teacher["accuracy"]["stingy"] if normal_teacher else None))
+    for grad_clip in results.clip_variants:
+        for label, source, policy, teacher_accuracy in kinds:
+            teacher_text = _fmt(teacher_accuracy, None if label == "normal" else normal_accuracy)
+            cells = [_cell(results.kd(source, student_arch(s, teacher), policy, results.tau, grad_clip), baseline(s)) for s in students]
+            suffix = f", attacker clips at {grad_clip:g}" if grad_clip else ""
+            lines.append(f"| {teacher} ({label}{suffix}) | {teacher_text} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -75,7 +73,8 @@ def stability_table(results: Results) -> str:
         collapsed = row.get("diverged") or (value is not None and scratch is not None and value < scratch - COLLAPSE_POINTS)
         if not collapsed:
             continue
-        normal = results.kd(row["teacher"], row["student"], NORMAL, row["tau"]) or results.kd(row["teacher"], row["student"], NORMAL, results.tau)
+        base = row["teacher"].removesuffix("-nasty")  # the normal teacher's normal KD is the reference
+        normal = results.kd(base, row["student"], NORMAL, row["tau"]) or results.kd(base, row["student"], NORMAL, results.tau)
         clipped = results.kd(row["teacher"], row["student"], row["policy"], row["tau"], clip) if clip else None
         lines.append(
             f"| `{row['key']}` | {_cell(row, None)} | {_fmt(value - scratch) if value is not None and scratch is not None else '-'} | "
@@ -87,17 +86,16 @@ def stability_table(results: Results) -> str:
 
 
 def _verdict(row: dict[str, Any], clipped: dict[str, Any] | None, normal: dict[str, Any] | None) -> str:
+    """Exploded or wrong function: the run's gradient norms against normal KD's, and what clipping changes."""
     if row.get("diverged"):
         return f"diverged: non-finite loss at step {row['diverged_step']}"
-    exploded = normal is not None and row["max_grad_norm"] > 10 * max(normal["max_grad_norm"], 1e-12)
-    growth = f"gradients {row['max_grad_norm'] / max(normal['max_grad_norm'], 1e-12):.0f}x those of normal KD" if normal else "no normal-KD reference"
+    growth = f"gradients {row['max_grad_norm'] / max(normal['max_grad_norm'], 1e-12):.3g}x normal KD's" if normal else "no normal-KD reference"
     if clipped is None or accuracy_of(clipped) is None:
         return growth
     recovered = accuracy_of(clipped) - (accuracy_of(row) or 0.0)
     if recovered > COLLAPSE_POINTS:
-        return f"{growth}; clipping recovers {recovered:+.1f} points: unstable optimisation"
-    kind = "exploding gradients, yet" if exploded else "stable gradients;"
-    return f"{growth}; {kind} clipping changes {recovered:+.1f} points: it learned a wrong function"
+        return f"unstable optimisation: {growth}; clipping recovers {recovered:+.1f} points"
+    return f"learned a wrong function: {growth}; clipping changes {recovered:+.1f} points"
 
 
 def findings(results: Results) -> list[str]:
@@ -109,50 +107,59 @@ def findings(results: Results) -> list[str]:
         same = normal["accuracy"]["stingy"] == normal["accuracy"]["normal"]
         out.append(f"(a) Teacher accuracy: normal {normal['accuracy']['normal']:.2f}%, stingy {normal['accuracy']['stingy']:.2f}% "
                    f"({'identical' if same else 'DIFFERENT'}).")
-    deltas = []
-    for student in results.preset["students"]:
-        arch = student_arch(student, teacher)
-        scratch, stingy = accuracy_of(results.scratch(arch)), results.kd(teacher, arch, results.stingy(), results.tau)
-        if stingy is not None and stingy.get("diverged"):
-            deltas.append(f"{student}: diverged")
-        elif scratch is not None and accuracy_of(stingy) is not None:
-            deltas.append(f"{student}: {accuracy_of(stingy) - scratch:+.2f}")
-    if deltas:
-        out.append("(b) Stingy-KD student minus scratch student (points): " + ", ".join(deltas) + ".")
+    for grad_clip in results.clip_variants:
+        deltas = []
+        for student in results.preset["students"]:
+            arch = student_arch(student, teacher)
+            scratch, stingy = accuracy_of(results.scratch(arch)), results.kd(teacher, arch, results.stingy(), results.tau, grad_clip)
+            if stingy is not None and stingy.get("diverged"):
+                deltas.append(f"{student}: diverged (step {stingy['diverged_step']})")
+            elif scratch is not None and accuracy_of(stingy) is not None:
+                deltas.append(f"{student}: {accuracy_of(stingy) - scratch:+.2f}")
+        attacker = f"attacker clipping at {grad_clip:g}" if grad_clip else "the paper's attacker"
+        if deltas:
+            out.append(f"(b) Stingy-KD student minus scratch student, {attacker} (points): " + ", ".join(deltas) + ".")
     nasty = results.teacher(f"{teacher}-nasty")
     if nasty and normal:
         pairs = []
         for student in results.preset["students"]:
             arch = student_arch(student, teacher)
-            n, s = accuracy_of(results.kd(f"{teacher}-nasty", arch, NORMAL, results.tau)), accuracy_of(results.kd(teacher, arch, results.stingy(), results.tau))
-            pairs.append(f"{student}: nasty {_fmt(n)} vs stingy {_fmt(s)}")
+            for grad_clip in results.clip_variants:
+                n = _cell(results.kd(f"{teacher}-nasty", arch, NORMAL, results.tau, grad_clip), None)
+                s = _cell(results.kd(teacher, arch, results.stingy(), results.tau, grad_clip), None)
+                pairs.append(f"{student}{f' (clip {grad_clip:g})' if grad_clip else ''}: nasty {n} vs stingy {s}")
         out.append(f"(c) Nasty teacher accuracy {nasty['accuracy']['normal']:.2f}% "
                    f"({nasty['accuracy']['normal'] - normal['accuracy']['normal']:+.2f} vs normal). Students: " + "; ".join(pairs) + ".")
     sweep = results.preset.get("ratio_sweep")
-    if sweep:
-        parts = []
-        for pair_teacher, student in sweep["pairs"]:
-            arch = student_arch(student, pair_teacher)
-            scratch = accuracy_of(results.scratch(arch))
-            smooth = {r: accuracy_of(results.kd(pair_teacher, arch, {"name": "stingy_smooth", "sparse_ratio": r}, results.tau)) for r in sweep["values"]}
-            sparse = {r: accuracy_of(results.kd(pair_teacher, arch, {"name": "stingy", "sparse_ratio": r}, results.tau)) for r in sweep["values"]}
-            reverse = accuracy_of(results.kd(pair_teacher, arch, {"name": "reverse"}, results.tau))
-            worst_smooth = min((v for v in smooth.values() if v is not None), default=None)
-            finite_sparse = {r: v for r, v in sparse.items() if v is not None}
-            worst_ratio = min(finite_sparse, key=finite_sparse.get) if finite_sparse else None
-            parts.append(
-                f"{pair_teacher} -> {student}: scratch {_fmt(scratch)}, stingy-smooth at worst {_fmt(worst_smooth)}, "
-                f"reverse {_fmt(reverse)}, stingy-sparse at worst {_fmt(finite_sparse.get(worst_ratio))} (r = {worst_ratio})"
-            )
-        out.append("(d, e) Sparse-ratio sweep: " + "; ".join(parts) + ".")
     temps = results.preset.get("temperature_sweep")
-    if temps:
-        parts = []
-        for pair_teacher, student in temps["pairs"]:
-            arch = student_arch(student, pair_teacher)
-            values = [(t, accuracy_of(results.kd(pair_teacher, arch, results.stingy(), t))) for t in temps["values"]]
-            parts.append(f"{pair_teacher} -> {student}: " + ", ".join(f"tau {t:g}: {_fmt(v)}" for t, v in values))
-        out.append("(e) Temperature sweep (stingy): " + "; ".join(parts) + ".")
+    for grad_clip in results.clip_variants:
+        attacker = f", attacker clipping at {grad_clip:g}" if grad_clip else ", the paper's attacker"
+        if sweep:
+            parts = []
+            for pair_teacher, student in sweep["pairs"]:
+                arch = student_arch(student, pair_teacher)
+
+                def at(name: str, ratio: float | None = None) -> float | None:
+                    policy = {"name": name} if ratio is None else {"name": name, "sparse_ratio": ratio}
+                    return accuracy_of(results.kd(pair_teacher, arch, policy, results.tau, grad_clip))
+
+                smooth = [v for v in (at("stingy_smooth", r) for r in sweep["values"]) if v is not None]
+                sparse = {r: v for r, v in ((r, at("stingy", r)) for r in sweep["values"]) if v is not None}
+                worst = min(sparse, key=sparse.__getitem__) if sparse else None
+                parts.append(
+                    f"{pair_teacher} -> {student}: scratch {_fmt(accuracy_of(results.scratch(arch)))}, "
+                    f"stingy-smooth at worst {_fmt(min(smooth, default=None))}, reverse {_fmt(at('reverse'))}, "
+                    f"stingy-sparse at worst {_fmt(sparse.get(worst) if worst is not None else None)} (r = {worst}), "
+                    f"{len(sweep['values']) - len(sparse)} of {len(sweep['values'])} sparse ratios diverged"
+                )
+            out.append(f"(d, e) Sparse-ratio sweep{attacker}: " + "; ".join(parts) + ".")
+        if temps:
+            parts = []
+            for pair_teacher, student in temps["pairs"]:
+                arch = student_arch(student, pair_teacher)
+                values = [(t, results.kd(pair_teacher, arch, results.stingy(), t, grad_clip)) for t in temps["values"]]
+                parts.append(f"{pair_teacher} -> {student}: " + ", ".join(f"tau {t:g}: {_cell(row, None)}" for t, row in values))
+            out.append(f"(e) Temperature sweep (stingy){attacker}: " + "; ".join(parts) + ".")
     return out
 
 

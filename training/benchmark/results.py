@@ -43,6 +43,12 @@ class Results:
         return float(self.preset["sparse_ratio"])
 
     @property
+    def clip_variants(self) -> tuple[float | None, ...]:
+        """The attackers of every distillation run: unclipped (the paper's), and clipping when the preset has twins."""
+        clip = self.preset.get("clip_norm")
+        return (None, float(clip)) if clip else (None,)
+
+    @property
     def tau(self) -> float:
         return float(self.preset["tau"])
 
