@@ -32,3 +32,11 @@ def test_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path: Path) 
 
 def test_missing_file_reads_as_empty(tmp_path: Path) -> None:
     assert read_json_lines(tmp_path / "absent.jsonl") == []
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    import os
+
+    atomic_write_json(tmp_path / "doc.json", {})
+    (tmp_path / "plain.txt").write_text("")
+    assert os.stat(tmp_path / "doc.json").st_mode & 0o777 == os.stat(tmp_path / "plain.txt").st_mode & 0o777
