@@ -34,7 +34,7 @@ from training.models import list_models
 EXIT_USAGE, EXIT_BUDGET, EXIT_SERVER, EXIT_INTERRUPTED = 2, 3, 4, 130
 API_KEY_ENV = "STINGY_API_KEY"
 # Student training defaults: sized for a full Fashion-MNIST transfer set (60,000 images) on a CPU.
-STUDENT_DEFAULTS = TrainConfig(epochs=10, batch_size=128, lr=0.05, milestones=(0.5, 0.75), gamma=0.1, augment=False)
+STUDENT_DEFAULTS = TrainConfig(epochs=10, batch_size=128, lr=0.01, milestones=(0.5, 0.75), gamma=0.1, augment=False)
 
 
 def add_server_options(parser: argparse.ArgumentParser) -> None:
