@@ -22,6 +22,8 @@ from defense import make_policy, tempered_softmax  # noqa: E402
 from training.benchmark.results import NORMAL, Results, accuracy_of, student_arch  # noqa: E402
 
 
+# One colour per policy; the attacker that clips its gradient norm is the dashed line of the same colour.
+POLICY_COLORS = {"stingy": "tab:blue", "stingy_smooth": "tab:orange", "least": "tab:red"}
 KIND_COLORS = {"scratch": "gray", "normal": "tab:green", "nasty": "tab:orange", "stingy": "tab:blue"}
 
 
@@ -31,11 +33,11 @@ def _pair_axes(count: int, title: str) -> tuple[plt.Figure, list[Axes]]:
     return fig, list(axes[0])
 
 
-def _curve(ax: Axes, xs: Sequence[float], rows: Sequence[dict | None], label: str, style: str) -> None:
+def _curve(ax: Axes, xs: Sequence[float], rows: Sequence[dict | None], label: str, style: str, color: str | None = None) -> None:
     points = [(x, accuracy_of(r)) for x, r in zip(xs, rows) if r is not None]
     finite = [(x, y) for x, y in points if y is not None]
     if finite:
-        ax.plot(*zip(*finite), style, label=label)
+        ax.plot(*zip(*finite), style, color=color, label=label)
     diverged = [x for x, y in points if y is None]
     if diverged:  # at the bottom of the axes, whatever its limits
         ax.plot(diverged, [0.03] * len(diverged), "rx", markersize=9, transform=ax.get_xaxis_transform(), label=f"{label}: diverged")
@@ -82,7 +84,8 @@ def sparse_ratio_figure(results: Results, out: Path, policies: Sequence[str], ti
             label = "stingy-sparse" if policy == "stingy" else policy.replace("_", "-")
             for grad_clip in results.clip_variants:
                 rows = [results.kd(teacher, arch, {"name": policy, "sparse_ratio": r}, results.tau, grad_clip) for r in ratios]
-                _curve(ax, ratios, rows, _attacker_label(label, grad_clip), _attacker_style(styles.get(policy, "o-"), grad_clip))
+                _curve(ax, ratios, rows, _attacker_label(label, grad_clip), _attacker_style(styles.get(policy, "o-"), grad_clip),
+                       POLICY_COLORS.get(policy))
         ax.set(title=f"{teacher} -> {student}", xlabel="sparse ratio r = N / K", ylabel="student test accuracy (%)")
         ax.legend(fontsize=7)
     return _save(fig, out / name)
@@ -99,7 +102,7 @@ def temperature_figure(results: Results, out: Path) -> Path | None:
         _level(ax, results.scratch(arch), "scratch", ":")
         for grad_clip in results.clip_variants:
             rows = [results.kd(teacher, arch, results.stingy(), t, grad_clip) for t in taus]
-            _curve(ax, taus, rows, _attacker_label("stingy KD", grad_clip), _attacker_style("o-", grad_clip))
+            _curve(ax, taus, rows, _attacker_label("stingy KD", grad_clip), _attacker_style("o-", grad_clip), POLICY_COLORS["stingy"])
         ax.set(title=f"{teacher} -> {student}", xlabel="temperature tau", ylabel="student test accuracy (%)")
         ax.legend(fontsize=7)
     return _save(fig, out / "fig6_temperature.png")
