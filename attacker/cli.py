@@ -4,6 +4,7 @@
     stingy-attack query --url URL --dataset NAME --out DIR [--api-key K] [--budget N]
     stingy-attack distill --out DIR --student ARCH [--strategies naive low_temperature:tau=2 ...]
     stingy-attack report --out DIR
+    stingy-attack compare DIR_NORMAL DIR_STINGY [--markdown FILE]
     stingy-attack strategies
 
 Exit status: 0 done; 2 a usage mistake (bad option, missing data, wrong API key, a folder that holds
@@ -23,12 +24,13 @@ from typing import Any
 from attacker.client import AttackError, ProtocolError, RetryPolicy, ServerUnavailable
 from attacker.distill import distill
 from attacker.query import QueryOutcome, QuerySettings, TargetMismatch, run_query
-from attacker.report import ReportError, write_report
+from attacker.report import ReportError, compare, write_report
 from attacker.store import StoreError
 from attacker.strategies import DEFAULT_STRATEGIES, STRATEGIES, Strategy, make_strategy
 from training.console import USER_ERRORS, UsageError
 from training.data import dataset_names
 from training.engine import TrainConfig
+from training.io import atomic_write_text
 from training.models import list_models
 
 EXIT_USAGE, EXIT_BUDGET, EXIT_SERVER, EXIT_INTERRUPTED = 2, 3, 4, 130
@@ -166,6 +168,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    table = compare(args.folders)
+    print(table, end="")
+    if args.markdown is not None:
+        atomic_write_text(args.markdown, table)
+    return 0
+
+
 def cmd_strategies(args: argparse.Namespace) -> int:
     for name, cls in STRATEGIES.items():
         print(f"{name:16s} {cls.summary}; parameters: {', '.join(cls().parameters())}")
@@ -198,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write report.json, report.md and report.png from the trained students")
     report.add_argument("--out", required=True, type=Path, help="attack folder")
     report.set_defaults(handler=cmd_report)
+
+    comparison = commands.add_parser("compare", help="attack folders side by side (e.g. a normal and a stingy server)")
+    comparison.add_argument("folders", nargs="+", type=Path, help="attack folders with trained students")
+    comparison.add_argument("--markdown", type=Path, help="also write the table to this file")
+    comparison.set_defaults(handler=cmd_compare)
 
     commands.add_parser("strategies", help="list the distillation strategies").set_defaults(handler=cmd_strategies)
     return parser

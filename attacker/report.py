@@ -10,6 +10,7 @@ architecture, training settings and stored responses), each with the fields DESI
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,40 @@ def render_markdown(report: dict[str, Any]) -> str:
               if any(row["strategy"].split(":")[0] == name for row in report["strategies"])]
     lines += ["", f"![student vs scratch accuracy]({REPORT_PNG})", ""]
     return "\n".join(lines)
+
+
+def compare(folders: Sequence[str | Path]) -> str:
+    """Several attack folders side by side (e.g. the same attack on a normal and a stingy server), as
+    Markdown: one column per folder, one row per strategy, each cell the student accuracy and its leakage."""
+    reports = [build_report(folder) for folder in folders]
+    labels = [_server_label(report) for report in reports]
+    strategies = list(dict.fromkeys(row["strategy"] for report in reports for row in report["strategies"]))
+    lines = [
+        f"Students `{'`, `'.join(sorted({r['student_arch'] for r in reports}))}`; cells: student test accuracy "
+        "(leakage = student - scratch, in pp).", "",
+        "| strategy | " + " | ".join(labels) + " |", "| --- |" + " --- |" * len(reports),
+        "| scratch (labels only) | " + " | ".join(_percent(r["scratch"]["accuracy"], r["scratch"]) for r in reports) + " |",
+    ]
+    for strategy in strategies:
+        cells = []
+        for report in reports:
+            row = next((row for row in report["strategies"] if row["strategy"] == strategy), None)
+            leakage = "" if row is None or row["leakage"] is None else f" ({row['leakage']:+.2f} pp)"
+            cells.append("-" if row is None else _percent(row["student_accuracy"], row) + leakage)
+        lines.append(f"| `{strategy}` | " + " | ".join(cells) + " |")
+    lines.append("")
+    for label, report in zip(labels, reports):
+        best = report["most_leaking"]
+        if best is not None:
+            lines.append(f"- Most leakage through the {label}: `{best['strategy']}`, student {best['student_accuracy']:.2f}%, "
+                         f"{best['leakage']:+.2f} pp against scratch.")
+    return "\n".join(lines) + "\n"
+
+
+def _server_label(report: dict[str, Any]) -> str:
+    server = report["server"]
+    name = (server.get("policy") or {}).get("name", "unknown-policy")
+    return f"{name} server (N={server.get('released_per_image') or '?'}, {report['queries']} queries)"
 
 
 def plot(report: dict[str, Any], path: str | Path) -> None:

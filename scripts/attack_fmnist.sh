@@ -19,3 +19,4 @@ serve_and_attack() {  # policy, port, extra serve flags...
 
 serve_and_attack normal 8101
 serve_and_attack stingy 8102 --sparse-ratio 0.2
+stingy-attack compare "$OUT/normal" "$OUT/stingy"

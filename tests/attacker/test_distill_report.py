@@ -12,7 +12,7 @@ from PIL import Image
 
 from attacker.distill import RESULTS, distill, load_transfer_set
 from attacker.query import QuerySettings, run_query
-from attacker.report import ReportError, build_report, render_markdown, write_report
+from attacker.report import ReportError, build_report, compare, render_markdown, write_report
 from attacker.store import ResponseStore, StoreError
 from attacker.strategies import make_strategy
 from tests.attacker.conftest import FAST_RETRY
@@ -138,6 +138,19 @@ def test_report_arithmetic_and_diverged_rendering_from_records(stored: Path, tmp
     assert "| `naive` | 61.50% | 70.25% | -8.75 |" in markdown
     write_report(folder)  # the chart draws a diverged strategy without a bar
     assert (folder / "report.png").stat().st_size > 1000
+
+
+def test_compare_puts_attack_folders_side_by_side(stored: Path, tmp_path: Path) -> None:
+    first, second = copy_of(stored, tmp_path / "a"), copy_of(stored, tmp_path / "b")
+    (first / RESULTS).write_text("".join(json.dumps(diverged_record(*r)) + "\n" for r in (("scratch", 80.0), ("naive", 82.5))))
+    (second / RESULTS).write_text("".join(json.dumps(diverged_record(*r)) + "\n" for r in (("scratch", 80.0), ("naive", None), ("hard_label", 79.0))))
+    table = compare([first, second])
+    label = "stingy server (N=2, 300 queries)"
+    assert f"| strategy | {label} | {label} |" in table
+    assert "| scratch (labels only) | 80.00% | 80.00% |" in table
+    assert "| `naive` | 82.50% (+2.50 pp) | DIVERGED (step 7) |" in table
+    assert "| `hard_label` | - | 79.00% (-1.00 pp) |" in table
+    assert f"- Most leakage through the {label}: `naive`, student 82.50%, +2.50 pp against scratch." in table
 
 
 def test_nothing_to_distil_or_report_is_a_clear_error(tmp_path: Path, stored: Path) -> None:

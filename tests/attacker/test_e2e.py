@@ -4,23 +4,20 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from app.launch import running_server
 from attacker import cli
 from attacker.store import ResponseStore
-from tests.attacker.conftest import REPO, free_port, stop, wait_until_ready
 from training.checkpoint import load_checkpoint
 from training.data import load_dataset, normalize
 
 pytestmark = pytest.mark.slow
 
-SERVE = Path(sys.executable).parent / "stingy-serve"
 K_STINGY = 2
 ROW_FIELDS = {"strategy", "queries", "student_arch", "student_accuracy", "scratch_accuracy", "leakage"}
 STRATEGIES = ["naive", "hard_label", "low_temperature", "smooth_fill"]
@@ -29,19 +26,11 @@ BUDGET = 200
 
 def serve(checkpoint: Path, policy: str, *options: str) -> Iterator[str]:
     """Run ``stingy-serve`` on a free port until the generator is closed; yields its URL once ready."""
-    pytest.importorskip("app.cli", reason="the server package app/ is not available")
-    port = free_port()
-    command = [str(SERVE), "--checkpoint", str(checkpoint), "--policy", policy, "--host", "127.0.0.1", "--port", str(port),
-               "--access-log", "", *options]
+    args = ["--checkpoint", str(checkpoint), "--policy", policy, "--access-log", "", *options]
     if policy == "stingy":
-        command += ["--k", str(K_STINGY)]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(f"{url}/readyz", process, deadline_s=90)
-        yield url
-    finally:
-        stop(process)
+        args += ["--k", str(K_STINGY)]
+    with running_server(args) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module", params=["normal", "stingy"])
