@@ -1,4 +1,9 @@
-"""The stingy-teacher demo: train (or reuse) a Fashion-MNIST teacher, then show what the defense releases.
+"""The stingy-teacher demo, the whole story in a few minutes on a CPU:
+
+1. the model owner trains a Fashion-MNIST teacher (or reuses the one trained before);
+2. what leaves the model: its normal logits next to the stingy ones, and the accuracy under both;
+3. the owner serves it with `stingy-serve` (stingy policy, an API key, a query budget) and a client queries it over HTTP;
+4. a red-teamer attacks a normal server and a stingy server with `stingy-attack` and compares the leakage.
 
 Run it through ``scripts/demo.sh``, which sets up the environment first.
 """
@@ -6,36 +11,46 @@ Run it through ``scripts/demo.sh``, which sets up the environment first.
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import torch
+from PIL import Image
 
+from app.launch import running_server
 from defense import make_policy, tempered_softmax
 from training.checkpoint import load_checkpoint
 from training.data import load_dataset
 from training.engine import accuracy, predict_logits
 
 ROOT = Path(__file__).resolve().parent.parent
+API_KEY = "demo-secret"
 
 
 def step(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
 
 
+COMMANDS = {"training.cli": "stingy-train", "attacker.cli": "stingy-attack"}
+
+
+def run(module: str, *args: str) -> None:
+    """``python -m module args``, shown as the console command a user would type."""
+    print(f"$ {COMMANDS[module]} " + " ".join(args), flush=True)
+    subprocess.run([sys.executable, "-m", module, *args], check=True)
+
+
 def train_teacher(out: Path, epochs: int) -> Path:
     checkpoint = out / "teacher.safetensors"
-    done = checkpoint.is_file() and (out / "result.json").is_file()
-    if done:
+    if checkpoint.is_file() and (out / "result.json").is_file():
         print(f"reusing the teacher trained before: {checkpoint} (delete {out} to retrain)")
         return checkpoint
-    command = [
-        sys.executable, "-m", "training.cli", "teacher", "--dataset", "fashion-mnist", "--arch", "cnn_small",
-        "--epochs", str(epochs), "--out", str(out), "--resume" if (out / "state.pt").exists() else "--force",
-    ]
-    print("$ stingy-train " + " ".join(command[3:]), flush=True)
-    subprocess.run(command, check=True)
+    resume = "--resume" if (out / "state.pt").exists() else "--force"
+    run("training.cli", "teacher", "--dataset", "fashion-mnist", "--arch", "cnn_small", "--epochs", str(epochs), "--out", str(out), resume)
     return checkpoint
 
 
@@ -61,18 +76,67 @@ def show_released_logits(checkpoint: Path, sparse_ratio: float, images: int) -> 
             print(f"  {names[k]:<12} {raw[0, k].item():12.3f} {shown} {soft_normal[k].item():17.4f} {soft_stingy[k].item():17.4f}")
 
 
+def query_over_http(checkpoint: Path, sparse_ratio: float, workdir: Path) -> None:
+    test = load_dataset("fashion-mnist", "test")
+    png = io.BytesIO()
+    Image.fromarray(test.images[0, 0].numpy()).save(png, format="PNG")
+    args = ["--checkpoint", str(checkpoint), "--policy", "stingy", "--sparse-ratio", str(sparse_ratio), "--access-log", "",
+            "--budget-images", "1000", "--budget-db", str(workdir / "budget.sqlite3"), "--log-level", "warning"]
+    print("$ STINGY_API_KEYS=demo:*** stingy-serve " + " ".join(args))
+    with running_server(args, env={"STINGY_API_KEYS": f"demo:{API_KEY}"}) as server:
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        with httpx.Client(base_url=server.url, headers=headers, timeout=30) as client:
+            print(f"\nserver ready at {server.url}")
+            print(f"$ curl -H 'Authorization: Bearer ...' {server.url}/v1/model")
+            print(json.dumps({k: v for k, v in client.get("/v1/model").json().items() if k != "class_names"}))
+            print(f"\n$ curl -H 'Authorization: Bearer ...' -F files=@image0.png {server.url}/v1/predict")
+            answer = client.post("/v1/predict", files=[("files", ("image0.png", png.getvalue(), "image/png"))])
+            print(json.dumps(answer.json(), indent=1))
+            print(f"budget left for this key: {answer.headers.get('X-Budget-Remaining')} images")
+            body = {"inputs": [{"name": "images", "shape": [2, 1, 28, 28], "datatype": "UINT8", "data": test.images[:2].flatten().tolist()}]}
+            print(f"\n$ curl -H 'Authorization: Bearer ...' -d '{{\"inputs\": [{{\"name\": \"images\", \"shape\": [2, 1, 28, 28], "
+                  f"\"datatype\": \"UINT8\", \"data\": [...]}}]}}' {server.url}/v2/models/teacher/infer")
+            outputs = client.post("/v2/models/teacher/infer", json=body).json()["outputs"]
+            print(json.dumps({"outputs": outputs if len(json.dumps(outputs)) < 600 else outputs[:2]}, indent=None))
+            refused = client.post("/v1/predict", headers={"Authorization": "Bearer wrong"}, files=[("files", ("x.png", png.getvalue(), "image/png"))])
+            print(f"\na wrong key gets HTTP {refused.status_code}: {refused.json()}")
+
+
+def attack(checkpoint: Path, sparse_ratio: float, workdir: Path, budget: int, epochs: int) -> list[Path]:
+    folders = []
+    for policy in ("normal", "stingy"):
+        args = ["--checkpoint", str(checkpoint), "--policy", policy, "--access-log", "", "--log-level", "warning"]
+        if policy == "stingy":
+            args += ["--sparse-ratio", str(sparse_ratio)]
+        print(f"\n--- the attacker against a {policy} server ---")
+        with running_server(args) as server:
+            folders.append(workdir / f"attack-{policy}")
+            run("attacker.cli", "run", "--url", server.url, "--dataset", "fashion-mnist", "--student", "lenet5",
+                "--budget", str(budget), "--epochs", str(epochs), "--out", str(folders[-1]))
+    return folders
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "demo", help="where the demo keeps its runs")
     parser.add_argument("--epochs", type=int, default=10, help="teacher epochs (10 reach about 91%% in about 2.5 minutes on 2 cores)")
-    parser.add_argument("--sparse-ratio", type=float, default=0.2, help="the paper's r for 10 classes")
-    parser.add_argument("--images", type=int, default=3, help="test images to show")
+    parser.add_argument("--sparse-ratio", type=float, default=0.2, help="the paper's r for 10 classes (N = 2)")
+    parser.add_argument("--images", type=int, default=2, help="test images to show")
+    parser.add_argument("--attack-budget", type=int, default=10_000, help="images the attacker queries")
+    parser.add_argument("--attack-epochs", type=int, default=3, help="student epochs")
     args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
 
-    step("1. Train the teacher (the model owner's classifier)")
+    step("1. The model owner trains a teacher")
     checkpoint = train_teacher(args.workdir / "teacher", args.epochs)
     step("2. What leaves the model: normal logits vs stingy logits")
     show_released_logits(checkpoint, args.sparse_ratio, args.images)
+    step("3. Serving it: only the stingy top-N ever leaves the server")
+    query_over_http(checkpoint, args.sparse_ratio, args.workdir)
+    step("4. A red-teamer distils students through the API (stingy-attack)")
+    folders = attack(checkpoint, args.sparse_ratio, args.workdir, args.attack_budget, args.attack_epochs)
+    step("Leakage: student accuracy through each server")
+    run("attacker.cli", "compare", *map(str, folders))
     return 0
 
 
