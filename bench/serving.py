@@ -25,7 +25,7 @@ import httpx
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.api.server import running_server
+from app.launch import running_server
 from training.checkpoint import ModelCard, save_checkpoint
 from training.models import create_model
 

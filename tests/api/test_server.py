@@ -17,7 +17,7 @@ from PIL import Image
 from app.cli import build_parser, main, settings_from_args
 from defense import make_policy
 from tests.api.conftest import Reference, random_images
-from tests.api.server import ServerProcess, running_server
+from app.launch import ServerProcess, running_server
 
 SECRET = "net-secret-1"
 AUTH = {"Authorization": f"Bearer {SECRET}"}

@@ -9,14 +9,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from defense import make_policy
 from training.benchmark.plan import Run, StudentRun, TeacherRun, plan, slug
 from training.benchmark.presets import Preset
 from training.checkpoint import ModelCard, load_checkpoint
-from training.data import ImageDataset, load_dataset
+from training.data import load_dataset
 from training.engine import FitResult, TrainConfig, accuracy, predict_logits, resolve_device
 from training.io import append_json_line, atomic_write_json, read_json_lines
 from training.objectives import CachedTeacher, CrossEntropy, Distillation, LiveTeacher, NastyTraining, Objective
