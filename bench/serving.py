@@ -1,7 +1,9 @@
 """Serving throughput and latency (a benchmark, not a test).
 
-Sends v2 inference requests (UINT8 JSON, ``--images`` images each) from ``--concurrency`` concurrent
-clients and prints images/s, latency percentiles and the mean forward-pass size per setting.
+Sends v2 inference requests (UINT8 as JSON numbers, or raw bytes with ``--binary``; ``--images`` images each) from ``--concurrency`` concurrent
+clients and prints per setting: images/s, the clients' latency percentiles, the server's own mean latency
+per infer (``/metrics``: from the request reaching the app to its answer, so the difference is time spent
+waiting in sockets and the event loop before the app sees a request) and the mean forward-pass size.
 
     python -m bench.serving --checkpoint runs/teacher/teacher.safetensors   # starts servers: batching on, off
     python -m bench.serving --arch resnetc20 --image-size 32 --channels 3     # same, random weights
@@ -39,15 +41,16 @@ class Result:
     p50_ms: float
     p95_ms: float
     p99_ms: float
+    server_mean_ms: float
     mean_batch: float
 
     def row(self) -> str:
         return (f"| {self.setting} | {self.concurrency} | {self.requests} | {self.images_per_s:.0f} | {self.p50_ms:.1f} | "
-                f"{self.p95_ms:.1f} | {self.p99_ms:.1f} | {self.mean_batch:.1f} |")
+                f"{self.p95_ms:.1f} | {self.p99_ms:.1f} | {self.server_mean_ms:.1f} | {self.mean_batch:.1f} |")
 
 
-HEADER = ("| setting | concurrency | requests | images/s | p50 ms | p95 ms | p99 ms | mean images per forward |\n"
-          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+HEADER = ("| setting | concurrency | requests | images/s | p50 ms | p95 ms | p99 ms | server mean ms | mean images per forward |\n"
+          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 
 
 def random_checkpoint(folder: Path, arch: str, channels: int, image_size: int, classes: int) -> Path:
@@ -61,26 +64,66 @@ def random_checkpoint(folder: Path, arch: str, channels: int, image_size: int, c
     return path
 
 
-async def _forward_stats(client: httpx.AsyncClient) -> tuple[float, float]:
-    text = (await client.get("/metrics")).text
-    stats = {s.name: s.value for f in text_string_to_metric_families(text) if f.name == "stingy_batch_size_images" for s in f.samples}
-    return stats.get("stingy_batch_size_images_sum", 0.0), stats.get("stingy_batch_size_images_count", 0.0)
+INFER_ROUTE = "/v2/models/{name}/infer"
 
 
-async def measure(url: str, headers: dict[str, str], setting: str, concurrency: int, requests: int, images: int) -> Result:
+@dataclass
+class ServerCounters:
+    """Cumulative ``/metrics`` counters: images and forward passes, and seconds and count of answered v2 infers."""
+
+    images: float = 0.0
+    passes: float = 0.0
+    infer_seconds: float = 0.0
+    infers: float = 0.0
+
+    def __sub__(self, other: ServerCounters) -> ServerCounters:
+        return ServerCounters(self.images - other.images, self.passes - other.passes,
+                              self.infer_seconds - other.infer_seconds, self.infers - other.infers)
+
+
+async def _server_counters(client: httpx.AsyncClient) -> ServerCounters:
+    counters = ServerCounters()
+    for family in text_string_to_metric_families((await client.get("/metrics")).text):
+        for sample in family.samples:
+            if sample.name == "stingy_batch_size_images_sum":
+                counters.images = sample.value
+            elif sample.name == "stingy_batch_size_images_count":
+                counters.passes = sample.value
+            elif sample.labels.get("route") == INFER_ROUTE and sample.labels.get("status") == "200":
+                if sample.name == "stingy_request_duration_seconds_sum":
+                    counters.infer_seconds = sample.value
+                elif sample.name == "stingy_request_duration_seconds_count":
+                    counters.infers = sample.value
+    return counters
+
+
+def infer_body(pixels: torch.Tensor, binary: bool) -> tuple[bytes, dict[str, str]]:
+    """A v2 infer body and its headers for ``uint8`` ``pixels``: JSON numbers, or (``binary``) a JSON header
+    followed by the raw bytes, as Triton's client sends them (``Inference-Header-Content-Length``)."""
+    tensor: dict[str, object] = {"name": "images", "shape": list(pixels.shape), "datatype": "UINT8"}
+    if binary:
+        tensor["parameters"] = {"binary_data_size": pixels.numel()}
+    else:
+        tensor["data"] = pixels.reshape(-1).tolist()
+    header = json.dumps({"inputs": [tensor], "outputs": [{"name": "topk_indices"}, {"name": "topk_logits"}]}).encode()
+    if not binary:
+        return header, {"content-type": "application/json"}
+    return header + pixels.numpy().tobytes(), {"content-type": "application/octet-stream", "inference-header-content-length": str(len(header))}
+
+
+async def measure(url: str, headers: dict[str, str], setting: str, concurrency: int, requests: int, images: int,
+                  binary: bool = False) -> Result:
     """``requests`` inference requests from ``concurrency`` workers against ``url``."""
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120,
                                  limits=httpx.Limits(max_connections=concurrency + 1)) as client:
         model = (await client.get("/v1/model")).json()
         shape = [images, *model["input_shape"]]
-        pixels = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(0)).reshape(-1).tolist()
-        body = json.dumps({"inputs": [{"name": "images", "shape": shape, "datatype": "UINT8", "data": pixels}],
-                           "outputs": [{"name": "topk_indices"}, {"name": "topk_logits"}]}).encode()
+        pixels = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        body, send_headers = infer_body(pixels, binary)
         path = f"/v2/models/{model['name']}/infer"
-        send_headers = {"content-type": "application/json"}
         for _ in range(min(requests, 2 * concurrency)):  # warm the connections and the server
             (await client.post(path, content=body, headers=send_headers)).raise_for_status()
-        images_before, passes_before = await _forward_stats(client)
+        before = await _server_counters(client)
         latencies: list[float] = []
         remaining = requests
 
@@ -96,16 +139,17 @@ async def measure(url: str, headers: dict[str, str], setting: str, concurrency: 
         began = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - began
-        images_after, passes_after = await _forward_stats(client)
+        counted = await _server_counters(client) - before
     cuts = statistics.quantiles(latencies, n=100)
-    mean_batch = (images_after - images_before) / max(passes_after - passes_before, 1)
-    return Result(setting, concurrency, requests, requests * images / wall, 1000 * cuts[49], 1000 * cuts[94], 1000 * cuts[98], mean_batch)
+    return Result(setting, concurrency, requests, requests * images / wall, 1000 * cuts[49], 1000 * cuts[94], 1000 * cuts[98],
+                  1000 * counted.infer_seconds / max(counted.infers, 1), counted.images / max(counted.passes, 1))
 
 
 def run_levels(url: str, headers: dict[str, str], setting: str, args: argparse.Namespace) -> list[Result]:
     results = []
+    setting = f"{setting}, binary" if args.binary else setting
     for concurrency in args.concurrency:
-        result = asyncio.run(measure(url, headers, setting, concurrency, args.requests, args.images))
+        result = asyncio.run(measure(url, headers, setting, concurrency, args.requests, args.images, args.binary))
         print(result.row(), flush=True)
         results.append(result)
     return results
@@ -124,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=400, help="requests per concurrency level")
     parser.add_argument("--images", type=int, default=1, help="images per request")
+    parser.add_argument("--binary", action="store_true", help="send pixels as binary tensor data instead of JSON numbers")
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--max-delay-ms", type=float, default=2.0)
     args = parser.parse_args(argv)

@@ -65,5 +65,6 @@ def teacher_signal(
     if config.augment:
         raise ValueError("a cached teacher needs augmentation off (the student must see the images the teacher saw)")
     device = resolve_device(config.device)
-    logits = predict_logits(teacher.to(device), train, card.mean, card.std, device=device, amp=config.amp, desc="teacher logits")
+    # float32, as the live teacher: bfloat16 logits would tie classes the teacher separates
+    logits = predict_logits(teacher.to(device), train, card.mean, card.std, device=device, amp=False, desc="teacher logits")
     return CachedTeacher(logits, policy)

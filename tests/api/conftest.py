@@ -71,8 +71,10 @@ def running_app(settings: ServeSettings, *, wait_ready: bool = True, raise_app_e
 
 
 def make_settings(checkpoint: Path, folder: Path, **overrides: Any) -> ServeSettings:
-    """Settings for tests: no access log unless asked, the budget database inside ``folder``."""
-    return ServeSettings(**{"checkpoint": checkpoint, "access_log": "", "budget_db": folder / "budget.sqlite3", **overrides})
+    """Settings for tests: the model on the CPU (answers are compared exactly with the CPU :class:`Reference`;
+    tests/gpu covers serving on CUDA), no access log unless asked, the budget database inside ``folder``."""
+    return ServeSettings(**{"checkpoint": checkpoint, "device": "cpu", "access_log": "", "budget_db": folder / "budget.sqlite3",
+                            **overrides})
 
 
 class Reference:

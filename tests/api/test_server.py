@@ -27,7 +27,7 @@ STINGY = make_policy("stingy", sparse_ratio=0.2)
 @pytest.fixture(scope="module")
 def server(tiny_teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("server")
-    args = ["--checkpoint", str(tiny_teacher), "--policy", "stingy", "--sparse-ratio", "0.2", "--budget-images", "1000",
+    args = ["--checkpoint", str(tiny_teacher), "--device", "cpu", "--policy", "stingy", "--sparse-ratio", "0.2", "--budget-images", "1000",
             "--budget-db", str(folder / "budget.sqlite3"), "--access-log", str(folder / "access.jsonl")]
     with running_server(args, env={"STINGY_API_KEYS": f"tester:{SECRET}"}, log_dir=folder) as started:
         yield started

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,8 @@ from attacker.client import RetryPolicy
 from tests.attacker.fake_server import Knobs, create_app
 
 REPO = Path(__file__).resolve().parents[2]
+# child processes import the project from this checkout, and whatever the environment already adds
+PYTHONPATH = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05)
 
 
@@ -33,5 +36,5 @@ def slow_fake_server(tiny_teacher: Path) -> Iterator[str]:
     """The fake server (stingy, k=2) as a uvicorn process on 127.0.0.1 answering each request after 50 ms."""
     port = free_port()
     command = [sys.executable, "-m", "tests.attacker.fake_server", "--checkpoint", str(tiny_teacher), "--port", str(port), "--delay", "0.05"]
-    with running_process(command, port, ready_path="/v1/model", cwd=REPO, env={"PYTHONPATH": str(REPO)}, ready_timeout=60) as server:
+    with running_process(command, port, ready_path="/v1/model", cwd=REPO, env={"PYTHONPATH": PYTHONPATH}, ready_timeout=60) as server:
         yield server.url

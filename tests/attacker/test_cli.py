@@ -18,7 +18,7 @@ import pytest
 from attacker import cli
 from attacker.query import plan_transfer_set, run_query
 from attacker.store import ResponseStore
-from tests.attacker.conftest import REPO, free_port
+from tests.attacker.conftest import PYTHONPATH, REPO, free_port
 from tests.attacker.fake_server import image_key
 from training.data import load_dataset
 
@@ -106,7 +106,7 @@ def test_kill_9_mid_run_loses_only_batches_in_flight_and_the_rerun_requeries_not
     budget, batch, concurrency = 600, 8, 2
     argv = [sys.executable, "-m", "attacker.cli", "query", "--url", slow_fake_server, "--dataset", "synthetic", "--out", str(tmp_path),
             "--budget", str(budget), "--batch-size", str(batch), "--concurrency", str(concurrency), "--seed", "7"]
-    env = {**os.environ, "STINGY_PROGRESS": "0", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "STINGY_PROGRESS": "0", "PYTHONPATH": PYTHONPATH}
     start = counts(slow_fake_server)
     process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     responses = tmp_path / "responses.jsonl"
