@@ -44,6 +44,7 @@ class LogitPolicy(ABC):
 
     name: ClassVar[str]
     preserves_argmax: ClassVar[bool] = True
+    secret_parameters: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def release(self, logits: Tensor) -> Tensor:
@@ -72,6 +73,11 @@ class LogitPolicy(ABC):
         """The policy as ``{"name": ..., **parameters}``; ``make_policy(**config)`` rebuilds it."""
         params = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
         return {"name": self.name, **{key: value for key, value in params.items() if value is not None}}
+
+    def public_config(self) -> dict[str, Any]:
+        """:meth:`config` without the parameters a client must not learn (``secret_parameters``, e.g. a
+        noise seed, which would let it replay and subtract the noise): what a server may disclose."""
+        return {key: value for key, value in self.config().items() if key not in self.secret_parameters}
 
 
 def _check_logits(logits: Tensor) -> None:

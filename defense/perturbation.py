@@ -75,6 +75,7 @@ class GaussianNoise(LogitPolicy):
 
     name = "gaussian_noise"
     preserves_argmax = False
+    secret_parameters = ("seed",)
     sigma: float = 0.1
     seed: int = 0
     _generator: dict[str, torch.Generator] = field(default_factory=dict, init=False, repr=False, compare=False)

@@ -77,9 +77,11 @@ class StingySmooth(TopNPolicy):
         kept = mask_from_indices(descending_order(logits)[:, : self.keep_count(num_classes)], num_classes)
         if bool(kept.all()):
             return logits
-        wide = logits.float() if logits.dtype != torch.float64 else logits
+        wide = logits.double()
         others = wide.masked_fill(kept, 0.0)
-        mean = others.sum(dim=-1, keepdim=True) / (~kept).sum(dim=-1, keepdim=True)
+        # The mean of values scaled into [-1, 1], scaled back: no overflow even for logits near the dtype's max.
+        scale = others.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+        mean = (others / scale).sum(dim=-1, keepdim=True) / (~kept).sum(dim=-1, keepdim=True) * scale
         # Rounding must never lift the mean above the largest replaced logit.
         largest_other = wide.masked_fill(kept, float("-inf")).amax(dim=-1, keepdim=True)
         smoothed = torch.minimum(mean, largest_other).to(logits.dtype)

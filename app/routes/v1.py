@@ -39,7 +39,7 @@ async def model_info(key: KeyId, service: ServiceDep) -> JSONResponse:
     document = {
         "name": service.name, "version": MODEL_VERSION, "dataset": card.dataset, "arch": card.arch,
         "num_classes": card.num_classes, "class_names": list(card.class_names), "input_shape": list(runner.spec.shape),
-        "policy": runner.policy.config(), "released_per_image": runner.released_count,
+        "policy": runner.policy.public_config(), "released_per_image": runner.released_count,
     }
     return JSONResponse(document, headers=budget_headers(service.budget_remaining(key)))
 
@@ -58,7 +58,7 @@ async def predict(request: Request, key: KeyId, service: ServiceDep) -> JSONResp
         raise InvalidInput(f"content-type {content_type!r} is not supported; send application/json or multipart/form-data")
     request.state.images = int(images.shape[0])
     result = await service.infer(key, images)
-    document = {"model": service.name, "policy": runner.policy.config(),
+    document = {"model": service.name, "policy": runner.policy.public_config(),
                 "predictions": v1_predictions(result.released, runner.card.class_names)}
     return JSONResponse(document, headers=budget_headers(result.budget_remaining))
 

@@ -141,7 +141,7 @@ def _check_invariant(document: dict, images: torch.Tensor, policy: LogitPolicy, 
     # Nothing else: every number in the response is a released index or value, a probability derived from
     # them, a shape or a label.
     probabilities = tempered_softmax(released.to_dense(num_classes)).reshape(-1).tolist()
-    parameters = [float(v) for v in policy.config().values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    parameters = [float(v) for v in policy.public_config().values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     allowed = {*map(float, released.indices.reshape(-1).tolist()), *(float(v) for row in finite for v in row), *probabilities,
                float(images.shape[0]), float(count), float(num_classes), FLOAT32_LOWEST, *parameters}
     assert set(_numbers(document)) <= allowed
@@ -165,7 +165,8 @@ def test_every_policy_and_route_once(policy_apps: dict[int, AppClient], referenc
     name, params = POLICY_CASES[case]
     policy = make_policy(name, **params)
     info = policy_apps[case].get("/v1/model").json()
-    assert info["policy"] == policy.config() and info["released_per_image"] == policy.released_count(10)
+    assert info["policy"] == policy.public_config() and info["released_per_image"] == policy.released_count(10)
+    assert "seed" not in info["policy"], "the noise seed would let a client replay the noise"
     for route in ROUTES:
         document, sent = _send(policy_apps[case], route, random_images(3, seed=case))
         assert "error" not in document, (route, document)

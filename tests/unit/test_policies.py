@@ -133,6 +133,18 @@ def test_stingy_smooth_replaces_the_rest_by_their_mean() -> None:
     torch.testing.assert_close(released, torch.tensor([[4.0, 1.0, 1.0, 1.0, 3.0]]))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_stingy_smooth_mean_does_not_overflow_near_the_dtype_max(dtype: torch.dtype) -> None:
+    """A float32 sum of 200 logits near 1e37 overflowed to inf and the mean to NaN (found by hypothesis)."""
+    big = torch.finfo(dtype).max / 4
+    logits = torch.cat([torch.full((1, 102), big, dtype=dtype), torch.full((1, 99), -big, dtype=dtype)], dim=1)
+    logits[0, 0] = torch.finfo(dtype).max / 2
+    released = make_policy("stingy_smooth", k=1)(logits)
+    assert torch.isfinite(released).all() and released[0, 0] == logits[0, 0]
+    # the 200 replaced logits: 101 of +big and 99 of -big, so their mean is big / 100
+    torch.testing.assert_close(released[0, 1:].double(), torch.full((200,), big / 100, dtype=torch.float64), rtol=1e-2, atol=0)
+
+
 def test_reverse_reverses_the_order_below_top1() -> None:
     logits = torch.tensor([[4.0, 1.0, 2.0, 0.0, 3.0]])
     # ranked: 0 (4), 4 (3), 2 (2), 1 (1), 3 (0) -> class 4 gets 0, class 2 gets 1, class 1 gets 2, class 3 gets 3
@@ -223,6 +235,14 @@ def test_config_round_trips() -> None:
         policy = make_policy(name)
         assert make_policy(**policy.config()).config() == policy.config()
     assert make_policy("stingy", sparse_ratio=0.2).config() == {"name": "stingy", "sparse_ratio": 0.2}
+
+
+def test_public_config_hides_only_secret_parameters() -> None:
+    noise = make_policy("gaussian_noise", sigma=0.2, seed=7)
+    assert noise.config() == {"name": "gaussian_noise", "sigma": 0.2, "seed": 7}
+    assert noise.public_config() == {"name": "gaussian_noise", "sigma": 0.2}
+    for name in set(POLICIES) - {"gaussian_noise"}:
+        assert make_policy(name).public_config() == make_policy(name).config(), name
 
 
 def test_sparse_logits_rebuild_dense() -> None:
