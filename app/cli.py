@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     security.add_argument("--budget-db", type=Path, help="SQLite file keeping budget counts (default stingy-budget.sqlite3)")
     security.add_argument("--rate-limit", type=float, help="requests per second per key (default unlimited)")
     security.add_argument("--rate-burst", type=int, help="token-bucket size (default ceil(rate limit))")
+    security.add_argument("--auth-failure-rate", type=float,
+                          help="failed authentications per second per client address before 429 (default 1)")
+    security.add_argument("--auth-failure-burst", type=int, help="failed authentications allowed at once (default 30)")
     return parser
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from app.errors import BudgetExhausted, RateLimited, Unauthorized
 
 ANONYMOUS = "anonymous"
+UNAUTHENTICATED = "unauthenticated"  # the metrics label of refused failed authentications
 
 
 def _digest(secret: str) -> str:
@@ -139,21 +140,33 @@ class _Bucket:
 
 
 class RateLimiter:
-    """A token bucket per key id: ``rate`` tokens per second, at most ``burst``; a request costs one."""
+    """A token bucket per key: ``rate`` tokens per second, at most ``burst``; a request costs one.
 
-    def __init__(self, rate: float, burst: int | None = None, clock: Callable[[], float] = time.monotonic) -> None:
-        if rate <= 0:
-            raise ValueError("rate must be positive")
+    At most ``max_keys`` buckets are kept (keys may be client addresses): when a new key would exceed that,
+    the buckets that have refilled are dropped (a full bucket is what a new key gets anyway), then, if
+    still too many, the least recently used one.
+    """
+
+    def __init__(self, rate: float, burst: int | None = None, clock: Callable[[], float] = time.monotonic,
+                 max_keys: int = 100_000) -> None:
+        if rate <= 0 or max_keys < 1:
+            raise ValueError("rate must be positive and max_keys at least 1")
         self.rate = rate
         self.burst = burst if burst is not None else max(1, math.ceil(rate))
+        self.max_keys = max_keys
         self._clock = clock
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def acquire(self, key_id: str) -> None:
         """Take one token for ``key_id``; raises :class:`RateLimited` with the whole seconds until one is back."""
         with self._lock:
             now = self._clock()
+            if key_id not in self._buckets and len(self._buckets) >= self.max_keys:
+                self._make_room(now)
             bucket = self._buckets.setdefault(key_id, _Bucket(float(self.burst), now))
             bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.updated) * self.rate)
             bucket.updated = now
@@ -162,3 +175,8 @@ class RateLimiter:
                 return
             wait = (1.0 - bucket.tokens) / self.rate
         raise RateLimited(max(1, math.ceil(wait)))
+
+    def _make_room(self, now: float) -> None:
+        self._buckets = {key: b for key, b in self._buckets.items() if now - b.updated < (self.burst - b.tokens) / self.rate}
+        if len(self._buckets) >= self.max_keys:
+            del self._buckets[min(self._buckets, key=lambda key: self._buckets[key].updated)]

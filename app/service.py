@@ -16,7 +16,7 @@ from app.codecs import InputLimits
 from app.errors import BudgetExhausted, NotFound, NotReady, RateLimited
 from app.metrics import ServiceMetrics
 from app.runner import ModelRunner
-from app.security import BudgetStore, KeyRing, RateLimiter
+from app.security import UNAUTHENTICATED, BudgetStore, KeyRing, RateLimiter
 from app.settings import ServeSettings
 from defense import SparseLogits
 
@@ -46,6 +46,7 @@ class Service:
         self.name = settings.served_name
         self.limits = InputLimits(settings.max_images_per_request, settings.max_image_pixels)
         self.limiter = RateLimiter(settings.rate_limit, settings.rate_burst) if settings.rate_limit else None
+        self.auth_failures = RateLimiter(settings.auth_failure_rate, settings.auth_failure_burst)
         self.metrics = ServiceMetrics(settings.max_batch_size, lambda: self.batcher.queued_images if self.batcher else 0)
         self.access_log = AccessLog(settings.access_log)
         self.budget: BudgetStore | None = None
@@ -130,6 +131,15 @@ class Service:
             self.limiter.acquire(key_id)
         except RateLimited:
             self.metrics.rate_limit_rejections.labels(key_id).inc()
+            raise
+
+    def limit_auth_failures(self, address: str) -> None:
+        """Count a failed authentication from ``address``; :class:`RateLimited` once it fails faster than
+        ``auth_failure_rate`` (guessing keys then costs time). Valid keys never pass here."""
+        try:
+            self.auth_failures.acquire(address)
+        except RateLimited:
+            self.metrics.rate_limit_rejections.labels(UNAUTHENTICATED).inc()
             raise
 
     def budget_remaining(self, key_id: str) -> int | None:

@@ -59,6 +59,8 @@ class ServeSettings(BaseSettings):
     budget_db: Path = Field(Path("stingy-budget.sqlite3"), description="SQLite file that keeps the budget counts")
     rate_limit: float | None = Field(None, gt=0, description="requests per second per key (unlimited if unset)")
     rate_burst: int | None = Field(None, ge=1, description="token-bucket size (default: ceil(rate_limit))")
+    auth_failure_rate: float = Field(1.0, gt=0, description="failed authentications per second per client address (with keys)")
+    auth_failure_burst: int = Field(30, ge=1, description="failed authentications a client address may make at once")
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.errors import Unauthorized
 from app.service import Service
 
 
@@ -20,9 +21,15 @@ ServiceDep = Annotated[Service, Depends(get_service)]
 def caller(request: Request, service: ServiceDep) -> str:
     """Authenticate the request (401 unless a configured key is given) and take a rate-limit token (429).
 
-    The key id is recorded for the access log; open servers give ``anonymous``.
+    Failed authentications are rate limited per client address too (429 instead of 401 once a client
+    fails faster than ``auth_failure_rate``). The key id is recorded for the access log; open servers give
+    ``anonymous``.
     """
-    key_id = service.keys.authenticate(request.headers)
+    try:
+        key_id = service.keys.authenticate(request.headers)
+    except Unauthorized:
+        service.limit_auth_failures(request.client.host if request.client else "unknown")
+        raise
     request.state.key_id = key_id
     service.limit_rate(key_id)
     return key_id

@@ -177,6 +177,40 @@ def test_rate_limit_answers_429_with_retry_after_per_key(tiny_teacher: Path, tmp
         assert metrics[("stingy_rate_limit_rejections_total", (("key", "alice"),))] == 1
 
 
+def test_failed_authentications_are_rate_limited_per_client_address(tiny_teacher: Path, tmp_path: Path) -> None:
+    """Guessing keys costs time: past the burst, a client that keeps failing gets 429, and a valid key from
+    the same address still gets in."""
+    settings = make_settings(tiny_teacher, tmp_path, api_keys=[f"alice:{ALICE}"], auth_failure_rate=0.1, auth_failure_burst=3)
+    with running_app(settings) as client:
+        failures = [client.get("/v1/model", headers=headers).status_code for headers in (bearer("guess-1"), {}, bearer("guess-2"))]
+        assert failures == [401, 401, 401]
+        limited = client.post("/v1/predict", json=pixels(1), headers=bearer("guess-3"))
+        assert limited.status_code == 429 and limited.json()["code"] == "rate_limited"
+        assert limited.headers["retry-after"] == "10"
+        assert client.get("/v1/model", headers=bearer(ALICE)).status_code == 200
+        assert client.get("/healthz").status_code == 200
+        metrics = _samples(client.get("/metrics").text)
+        assert metrics[("stingy_rate_limit_rejections_total", (("key", "unauthenticated"),))] == 1
+
+
+def test_rate_limiter_keeps_a_bounded_number_of_buckets() -> None:
+    now = [0.0]
+    limiter = RateLimiter(rate=1.0, burst=2, clock=lambda: now[0], max_keys=2)
+    limiter.acquire("a")
+    now[0] += 0.1
+    limiter.acquire("b")
+    limiter.acquire("b")
+    limiter.acquire("c")  # neither bucket has refilled: the least recently used ("a") goes
+    assert len(limiter) == 2
+    with pytest.raises(RateLimited):
+        limiter.acquire("b")  # b's bucket was kept, still empty
+    now[0] += 5.0  # every bucket refills
+    limiter.acquire("d")
+    assert len(limiter) == 1  # the refilled buckets were dropped; d is new
+    for _ in range(2):
+        limiter.acquire("b")  # b starts again from a full bucket, as it would have refilled
+
+
 def test_token_bucket_refills_at_the_rate() -> None:
     now = [100.0]
     limiter = RateLimiter(rate=2.0, burst=3, clock=lambda: now[0])
