@@ -112,3 +112,14 @@ class TopNPolicy(LogitPolicy):
                 raise ValueError(f"k={self.k} exceeds the number of classes K={num_classes}")
             return self.k
         return count_from_ratio(0.1 if self.sparse_ratio is None else self.sparse_ratio, num_classes)
+
+
+class MaskingTopNPolicy(TopNPolicy):
+    """A :class:`TopNPolicy` that releases exactly ``N`` finite logits per row and ``-inf`` for the rest."""
+
+    @property
+    def masks(self) -> bool:
+        return True
+
+    def released_count(self, num_classes: int) -> int:
+        return self.keep_count(num_classes)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from defense.base import LogitPolicy, TopNPolicy
+from defense.base import LogitPolicy, MaskingTopNPolicy, TopNPolicy
 from defense.ranking import ascending_order, descending_order, mask_from_indices
 
 
@@ -26,17 +26,10 @@ class Normal(LogitPolicy):
 
 
 @dataclass(frozen=True)
-class Stingy(TopNPolicy):
+class Stingy(MaskingTopNPolicy):
     """Stingy Teacher, Eq. 6: ``z'_k = z_k`` for the top-``N`` classes ``k in M``, ``-inf`` otherwise."""
 
     name = "stingy"
-
-    @property
-    def masks(self) -> bool:
-        return True
-
-    def released_count(self, num_classes: int) -> int:
-        return self.keep_count(num_classes)
 
     def release(self, logits: Tensor) -> Tensor:
         kept = descending_order(logits)[:, : self.keep_count(logits.shape[-1])]
@@ -44,17 +37,10 @@ class Stingy(TopNPolicy):
 
 
 @dataclass(frozen=True)
-class Least(TopNPolicy):
+class Least(MaskingTopNPolicy):
     """"Least logits", Sec. 4.4: the top-1 class plus the ``N - 1`` smallest logits; others ``-inf``."""
 
     name = "least"
-
-    @property
-    def masks(self) -> bool:
-        return True
-
-    def released_count(self, num_classes: int) -> int:
-        return self.keep_count(num_classes)
 
     def release(self, logits: Tensor) -> Tensor:
         num_classes = logits.shape[-1]
