@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -80,8 +81,10 @@ def query_over_http(checkpoint: Path, sparse_ratio: float, workdir: Path) -> Non
     test = load_dataset("fashion-mnist", "test")
     png = io.BytesIO()
     Image.fromarray(test.images[0, 0].numpy()).save(png, format="PNG")
+    budget_db = workdir / "budget.sqlite3"
+    budget_db.unlink(missing_ok=True)  # every demo run starts its key with the whole budget
     args = ["--checkpoint", str(checkpoint), "--policy", "stingy", "--sparse-ratio", str(sparse_ratio), "--access-log", "",
-            "--budget-images", "1000", "--budget-db", str(workdir / "budget.sqlite3"), "--log-level", "warning"]
+            "--budget-images", "1000", "--budget-db", str(budget_db), "--log-level", "warning"]
     print("$ STINGY_API_KEYS=demo:*** stingy-serve " + " ".join(args))
     with running_server(args, env={"STINGY_API_KEYS": f"demo:{API_KEY}"}) as server:
         headers = {"Authorization": f"Bearer {API_KEY}"}
@@ -109,8 +112,10 @@ def attack(checkpoint: Path, sparse_ratio: float, workdir: Path, budget: int, ep
         if policy == "stingy":
             args += ["--sparse-ratio", str(sparse_ratio)]
         print(f"\n--- the attacker against a {policy} server ---")
+        folders.append(workdir / f"attack-{policy}")
+        # A store belongs to one server URL, and each demo run starts its servers on new ports: attack afresh.
+        shutil.rmtree(folders[-1], ignore_errors=True)
         with running_server(args) as server:
-            folders.append(workdir / f"attack-{policy}")
             run("attacker.cli", "run", "--url", server.url, "--dataset", "fashion-mnist", "--student", "lenet5",
                 "--budget", str(budget), "--epochs", str(epochs), "--out", str(folders[-1]))
     return folders
@@ -141,4 +146,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except subprocess.CalledProcessError as error:  # the command has printed its own error
+        print(f"demo: stopped: '{' '.join(map(str, error.cmd[2:]))}' exited with status {error.returncode}", file=sys.stderr)
+        sys.exit(error.returncode or 1)
+    except KeyboardInterrupt:
+        sys.exit(130)
