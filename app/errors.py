@@ -98,7 +98,9 @@ def describe_validation_errors(errors: Sequence[Mapping[str, Any]], prefix: tupl
     parts = []
     for error in errors[:5]:
         location = _format_location((*prefix, *error.get("loc", ())))
-        parts.append(f"{location}: {error.get('msg', 'invalid')}" if location else str(error.get("msg", "invalid")))
+        # a validator's own ValueError reads better without pydantic's "Value error, " in front
+        message = str(error["ctx"]["error"]) if error.get("type") == "value_error" and "error" in error.get("ctx", {}) else error.get("msg", "invalid")
+        parts.append(f"{location}: {message}" if location else str(message))
     if len(errors) > 5:
         parts.append(f"... and {len(errors) - 5} more")
     return "; ".join(parts)

@@ -9,13 +9,14 @@ from collections.abc import Sequence
 
 from training.checkpoint import CheckpointError
 from training.data import DatasetFormatError, DatasetNotFoundError
+from training.engine import DeviceError
 
 
 class UsageError(Exception):
     """A mistake on the command line or in its inputs."""
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, DatasetNotFoundError, DatasetFormatError, CheckpointError)
+USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, DatasetNotFoundError, DatasetFormatError, CheckpointError, DeviceError)
 
 
 def run_command(

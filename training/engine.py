@@ -90,13 +90,27 @@ class FitResult:
         }
 
 
+class DeviceError(ValueError):
+    """A device name that is not ``auto``, ``cpu``, ``cuda`` or ``cuda:N``, or a GPU this machine lacks."""
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU."""
+    """``auto`` picks CUDA when present, else CPU; ``cpu``, ``cuda`` and ``cuda:N`` are checked against this
+    machine. Raises :class:`DeviceError` with what to use instead."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("CUDA was requested but no GPU is available")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise DeviceError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if available == 0:
+            raise DeviceError(f"device {name!r} was asked for but this machine has no CUDA GPU; use auto or cpu")
+        if device.index is not None and device.index >= available:
+            raise DeviceError(f"device {name!r} was asked for but this machine has {available} CUDA GPU(s): cuda:0 to cuda:{available - 1}")
     return device
 
 

@@ -122,6 +122,7 @@ def test_sigterm_lets_the_request_in_flight_complete(tiny_teacher: Path, tmp_pat
     (["--checkpoint", "TINY", "--policy", "rounding", "--policy-param", "decimals=99"], {}, "decimals must be an integer in [0, 8]"),
     (["--checkpoint", "TINY"], {"STINGY_MAX_BATCH_SIZE": "0"}, "max_batch_size: Input should be greater than or equal to 1"),
     (["--checkpoint", "TINY", "--rate-burst", "5"], {}, "rate_burst needs rate_limit"),
+    (["--checkpoint", "TINY"], {"STINGY_DEVICE": "tpu"}, "invalid settings: device: unsupported device 'tpu'; use auto, cpu, cuda or cuda:N"),
     (["--checkpoint", "TINY"], {"STINGY_API_KEYS": "alice:"}, "API key entry 1 has an empty secret"),
 ])
 def test_bad_settings_exit_with_status_2_and_one_line(tiny_teacher: Path, monkeypatch: pytest.MonkeyPatch,

@@ -39,6 +39,11 @@ def test_unknown_architecture(capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert "unknown architecture" in _error(capsys, ["teacher", "--dataset", "synthetic", "--arch", "vgg99", "--out", str(tmp_path)])
 
 
+def test_a_device_this_machine_lacks(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    err = _error(capsys, ["teacher", "--dataset", "synthetic", "--arch", "mlp", "--device", "tpu", "--out", str(tmp_path)])
+    assert "unsupported device 'tpu'; use auto, cpu, cuda or cuda:N" in err
+
+
 def test_listings(capsys: pytest.CaptureFixture[str]) -> None:
     for command, expected in (("models", "resnetc20"), ("datasets", "tiny-imagenet"), ("policies", "sparse_ratio")):
         assert main([command]) == 0

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from training.checkpoint import load_checkpoint
 from training.data import load_dataset
-from training.engine import TrainConfig, fit
+from training.engine import DeviceError, TrainConfig, fit, resolve_device
 from training.models import create_model
 from training.objectives import CrossEntropy, Objective
 from training.runs import card_for, run_training
@@ -134,3 +134,17 @@ def test_killed_run_resumes_from_its_last_epoch_and_matches_an_uninterrupted_one
 def test_card_for_describes_the_dataset(synthetic: tuple) -> None:
     card = card_for("lenet5", synthetic[0])
     assert (card.num_classes, card.in_channels, card.image_size, card.dataset) == (10, 1, 28, "synthetic")
+
+
+@pytest.mark.parametrize("name", ["tpu", "meta", "cuda:x", ""])
+def test_devices_other_than_cpu_and_cuda_are_refused_with_what_to_use(name: str) -> None:
+    with pytest.raises(DeviceError, match="use auto, cpu, cuda or cuda:N"):
+        resolve_device(name)
+
+
+def test_a_gpu_this_machine_lacks_is_refused() -> None:
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(DeviceError, match="CUDA GPU"):
+        resolve_device(f"cuda:{count}")
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if count else "cpu")
