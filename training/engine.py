@@ -60,6 +60,7 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError("grad_clip must be positive")
+        resolve_device(self.device)  # DeviceError now, not after the data is loaded or the server queried
 
     def milestone_epochs(self) -> list[int]:
         """Milestones as epoch numbers: values below 1 are fractions of ``epochs``."""

@@ -42,6 +42,9 @@ def test_usage_mistakes_are_one_line_errors(capsys: pytest.CaptureFixture[str], 
     assert "run `stingy-attack query` first" in error_of(capsys, ["report", *out])
     assert "must start with http" in error_of(capsys, ["query", "--url", "localhost:1", "--dataset", "synthetic", *out])
     assert "budget must be a positive" in error_of(capsys, ["query", "--url", "http://x", "--dataset", "synthetic", "--budget", "0", *out])
+    # refused before the server is contacted (this URL would not answer)
+    assert "unsupported device 'tpu'" in error_of(capsys, ["run", "--url", "http://127.0.0.1:1", "--dataset", "synthetic",
+                                                           "--student", "mlp", "--device", "tpu", *out])
 
 
 def test_an_unreachable_server_is_exit_4_after_bounded_retries(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
