@@ -59,6 +59,8 @@ def test_a_folder_of_another_preset_definition_is_refused(smoke_run: Path, tmp_p
     shutil.copytree(smoke_run, copy)
     assert main(["run", "--preset", "smoke", "--out", str(copy), "--max-epochs", "1", "--train-subset", "10"]) == 2
     assert "different definition" in capsys.readouterr().err
+    assert main(["run", "--preset", "fmnist-cpu", "--out", str(copy)]) == 2
+    assert f"{copy} holds a run of preset 'smoke', not 'fmnist-cpu'; use another --out" in capsys.readouterr().err
 
 
 def test_report_of_a_non_benchmark_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -115,7 +115,10 @@ def prepare_folder(preset: Preset, out: Path) -> None:
     recorded = out / PRESET_FILE
     document = json.loads(json.dumps(preset.to_json()))
     if recorded.is_file():
-        if json.loads(recorded.read_text()) != document:
+        existing = json.loads(recorded.read_text())
+        if existing.get("name") != preset.name:
+            raise BenchmarkError(f"{out} holds a run of preset {existing.get('name')!r}, not {preset.name!r}; use another --out")
+        if existing != document:
             raise BenchmarkError(f"{out} holds results of a different definition of preset {preset.name!r}; use another --out")
         return
     atomic_write_json(recorded, document)
