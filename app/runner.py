@@ -17,7 +17,7 @@ from torch import Tensor
 from defense import LogitPolicy, SparseLogits
 from training.checkpoint import ModelCard, load_checkpoint
 from training.data import normalize
-from training.engine import resolve_device
+from training.devices import resolve_device
 
 logger = logging.getLogger("stingy.serve")
 

@@ -29,6 +29,7 @@ from attacker.store import StoreError
 from attacker.strategies import DEFAULT_STRATEGIES, STRATEGIES, Strategy, make_strategy
 from training.console import USER_ERRORS, UsageError
 from training.data import dataset_names
+from training.devices import resolve_device
 from training.engine import TrainConfig
 from training.io import atomic_write_text
 from training.models import list_models
@@ -106,6 +107,7 @@ def student_plan(args: argparse.Namespace) -> tuple[list[Strategy], TrainConfig]
     if args.student not in {entry.name for entry in list_models()}:
         raise UsageError(f"unknown architecture {args.student!r}; see `stingy-train models`")
     try:
+        resolve_device(args.device)  # refused now, not after the server has been queried
         strategies = [make_strategy(spec) for spec in (args.strategies or DEFAULT_STRATEGIES)]
         config = TrainConfig(
             epochs=args.epochs, batch_size=args.train_batch_size, lr=args.lr, momentum=args.momentum,

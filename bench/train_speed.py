@@ -13,7 +13,8 @@ import time
 
 import torch
 
-from training.engine import TrainConfig, autocast_for, make_optimizer, resolve_device
+from training.devices import autocast_for, resolve_device
+from training.engine import TrainConfig, make_optimizer
 from training.models import create_model
 
 INPUTS = {"mlp": (1, 28), "lenet5": (1, 28), "cnn_small": (1, 28), "cnn": (3, 32)}

@@ -18,7 +18,8 @@ from defense import POLICIES, LogitPolicy, make_policy, policy_parameters
 from training.checkpoint import load_checkpoint
 from training.console import UsageError, run_command
 from training.data import ImageDataset, dataset_names, load_dataset
-from training.engine import STATE_FILE, FitResult, TrainConfig, resolve_device
+from training.devices import resolve_device
+from training.engine import STATE_FILE, FitResult, TrainConfig
 from training.models import list_models
 from training.objectives import CrossEntropy, Distillation, HardLabelDistillation, NastyTraining
 from training.runs import RESULT_FILE, run_training, teacher_signal
@@ -85,6 +86,7 @@ def policy_from_args(args: argparse.Namespace) -> LogitPolicy:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     try:
+        resolve_device(args.device)  # refused now, not after the data is loaded
         return TrainConfig(
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
             milestones=tuple(args.milestones), gamma=args.gamma, optimizer=args.optimizer, grad_clip=args.grad_clip,

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from training.checkpoint import CheckpointError
 from training.data import DatasetFormatError, DatasetNotFoundError
-from training.engine import DeviceError
+from training.devices import DeviceError
 
 
 class UsageError(Exception):

@@ -13,7 +13,6 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 from defense import LogitPolicy
 from training.checkpoint import ModelCard, save_checkpoint
 from training.data import Batch, ImageDataset, normalize
+from training.devices import autocast_for, resolve_device
 from training.io import append_json_line, atomic_path, read_json_lines
 from training.objectives import Objective
 
@@ -60,7 +60,6 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError("grad_clip must be positive")
-        resolve_device(self.device)  # DeviceError now, not after the data is loaded or the server queried
 
     def milestone_epochs(self) -> list[int]:
         """Milestones as epoch numbers: values below 1 are fractions of ``epochs``."""
@@ -89,38 +88,6 @@ class FitResult:
             "diverged_step": self.diverged_step, "steps": self.steps, "seconds": round(self.seconds, 2),
             "epochs_run": len(self.history),
         }
-
-
-class DeviceError(ValueError):
-    """A device name that is not ``auto``, ``cpu``, ``cuda`` or ``cuda:N``, or a GPU this machine lacks."""
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; ``cpu``, ``cuda`` and ``cuda:N`` are checked against this
-    machine. Raises :class:`DeviceError` with what to use instead."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise DeviceError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda":
-        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if available == 0:
-            raise DeviceError(f"device {name!r} was asked for but this machine has no CUDA GPU; use auto or cpu")
-        if device.index is not None and device.index >= available:
-            raise DeviceError(f"device {name!r} was asked for but this machine has {available} CUDA GPU(s): cuda:0 to cuda:{available - 1}")
-    return device
-
-
-def autocast_for(device: torch.device, enabled: bool) -> tuple[Callable[[], Any], torch.dtype | None]:
-    """The autocast context factory and dtype for mixed precision on CUDA (bf16 where supported, else fp16)."""
-    if not enabled or device.type != "cuda":
-        return nullcontext, None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return (lambda: torch.autocast("cuda", dtype=dtype)), dtype
 
 
 def progress_enabled() -> bool:

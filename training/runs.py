@@ -14,7 +14,8 @@ from torch import nn
 from defense import LogitPolicy
 from training.checkpoint import ModelCard
 from training.data import ImageDataset
-from training.engine import FitResult, TrainConfig, fit, predict_logits, resolve_device
+from training.devices import resolve_device
+from training.engine import FitResult, TrainConfig, fit, predict_logits
 from training.io import atomic_write_json
 from training.models import create_model
 from training.objectives import CachedTeacher, LiveTeacher, Objective

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from training.checkpoint import load_checkpoint
 from training.data import load_dataset
-from training.engine import DeviceError, TrainConfig, fit, resolve_device
+from training.devices import DeviceError, resolve_device
+from training.engine import TrainConfig, fit
 from training.models import create_model
 from training.objectives import CrossEntropy, Objective
 from training.runs import card_for, run_training

@@ -16,7 +16,8 @@ from training.benchmark.plan import Run, StudentRun, TeacherRun, plan, slug
 from training.benchmark.presets import Preset
 from training.checkpoint import ModelCard, load_checkpoint
 from training.data import load_dataset
-from training.engine import FitResult, TrainConfig, accuracy, predict_logits, resolve_device
+from training.devices import resolve_device
+from training.engine import FitResult, TrainConfig, accuracy, predict_logits
 from training.io import append_json_line, atomic_write_json, read_json_lines
 from training.objectives import CachedTeacher, CrossEntropy, Distillation, LiveTeacher, NastyTraining, Objective
 from training.runs import run_training

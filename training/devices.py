@@ -1,0 +1,42 @@
+"""Where training and serving run: the device a name asks for, checked against this machine, and the
+mixed-precision context for it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+
+class DeviceError(ValueError):
+    """A device name that is not ``auto``, ``cpu``, ``cuda`` or ``cuda:N``, or a GPU this machine lacks."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; ``cpu``, ``cuda`` and ``cuda:N`` are checked against this
+    machine. Raises :class:`DeviceError` with what to use instead."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise DeviceError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if available == 0:
+            raise DeviceError(f"device {name!r} was asked for but this machine has no CUDA GPU; use auto or cpu")
+        if device.index is not None and device.index >= available:
+            raise DeviceError(f"device {name!r} was asked for but this machine has {available} CUDA GPU(s): cuda:0 to cuda:{available - 1}")
+    return device
+
+
+def autocast_for(device: torch.device, enabled: bool) -> tuple[Callable[[], Any], torch.dtype | None]:
+    """The autocast context factory and dtype for mixed precision on CUDA (bf16 where supported, else fp16)."""
+    if not enabled or device.type != "cuda":
+        return nullcontext, None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return (lambda: torch.autocast("cuda", dtype=dtype)), dtype
