@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from defense import LogitPolicy
 from training.checkpoint import ModelCard
@@ -56,6 +56,12 @@ def run_training(
     return result
 
 
+def teacher_logits(teacher: nn.Module, card: ModelCard, data: ImageDataset, desc: str = "teacher logits") -> Tensor:
+    """The teacher's logits on every image of ``data`` (no augmentation), on the teacher's device, in float32
+    like a live teacher: bfloat16 logits would tie classes the teacher separates."""
+    return predict_logits(teacher, data, card.mean, card.std, amp=False, desc=desc)
+
+
 def teacher_signal(
     teacher: nn.Module, card: ModelCard, policy: LogitPolicy, train: ImageDataset, config: TrainConfig, cache: bool
 ) -> LiveTeacher | CachedTeacher:
@@ -65,7 +71,4 @@ def teacher_signal(
         return LiveTeacher(teacher, policy)
     if config.augment:
         raise ValueError("a cached teacher needs augmentation off (the student must see the images the teacher saw)")
-    device = resolve_device(config.device)
-    # float32, as the live teacher: bfloat16 logits would tie classes the teacher separates
-    logits = predict_logits(teacher.to(device), train, card.mean, card.std, device=device, amp=False, desc="teacher logits")
-    return CachedTeacher(logits, policy)
+    return CachedTeacher(teacher_logits(teacher.to(resolve_device(config.device)), card, train), policy)

@@ -20,7 +20,7 @@ from training.devices import resolve_device
 from training.engine import FitResult, TrainConfig, accuracy, predict_logits
 from training.io import append_json_line, atomic_write_json, read_json_lines
 from training.objectives import CachedTeacher, CrossEntropy, Distillation, LiveTeacher, NastyTraining, Objective
-from training.runs import run_training
+from training.runs import run_training, teacher_logits
 
 RESULTS_FILE = "results.jsonl"
 PRESET_FILE = "preset.json"
@@ -101,7 +101,7 @@ class BenchmarkRunner:
         """Teacher ``name``'s logits on every (un-augmented) training image, computed once."""
         if name not in self._train_logits:
             model, card = self.teacher(name)
-            self._train_logits[name] = predict_logits(model, self.train, card.mean, card.std, desc=f"{name} logits")
+            self._train_logits[name] = teacher_logits(model, card, self.train, desc=f"{name} logits")
         return self._train_logits[name]
 
 
