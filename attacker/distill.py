@@ -29,7 +29,7 @@ from training.data import ImageDataset
 from training.engine import METRICS_FILE, STATE_FILE, TrainConfig
 from training.io import append_json_line, atomic_write_json, read_json_lines
 from training.objectives import CrossEntropy, Objective
-from training.runs import run_training
+from training.runs import RESULT_FILE, run_training
 
 RESULTS = "distill.jsonl"
 STUDENTS = "students"
@@ -145,7 +145,7 @@ def _prepare_run_dir(run_dir: Path, run_key: dict[str, Any]) -> bool:
     if key_file.is_file() and json.loads(key_file.read_text()) == run_key:
         return (run_dir / STATE_FILE).is_file()
     if run_dir.exists():
-        for name in (STATE_FILE, METRICS_FILE, STUDENT_CHECKPOINT):
+        for name in (STATE_FILE, METRICS_FILE, RESULT_FILE, STUDENT_CHECKPOINT):
             (run_dir / name).unlink(missing_ok=True)
     atomic_write_json(key_file, run_key)
     return False

@@ -26,7 +26,8 @@ from app.launch import running_server
 from defense import make_policy, tempered_softmax
 from training.checkpoint import load_checkpoint
 from training.data import load_dataset
-from training.engine import accuracy, predict_logits
+from training.engine import STATE_FILE, accuracy, predict_logits
+from training.runs import RESULT_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "demo-secret"
@@ -47,10 +48,10 @@ def run(module: str, *args: str) -> None:
 
 def train_teacher(out: Path, epochs: int) -> Path:
     checkpoint = out / "teacher.safetensors"
-    if checkpoint.is_file() and (out / "result.json").is_file():
+    if checkpoint.is_file() and (out / RESULT_FILE).is_file():
         print(f"reusing the teacher trained before: {checkpoint} (delete {out} to retrain)")
         return checkpoint
-    resume = "--resume" if (out / "state.pt").exists() else "--force"
+    resume = "--resume" if (out / STATE_FILE).exists() else "--force"
     run("training.cli", "teacher", "--dataset", "fashion-mnist", "--arch", "cnn_small", "--epochs", str(epochs), "--out", str(out), resume)
     return checkpoint
 
