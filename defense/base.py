@@ -71,7 +71,7 @@ class LogitPolicy(ABC):
 
     def config(self) -> dict[str, Any]:
         """The policy as ``{"name": ..., **parameters}``; ``make_policy(**config)`` rebuilds it."""
-        params = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        params = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}  # type: ignore[arg-type]
         return {"name": self.name, **{key: value for key, value in params.items() if value is not None}}
 
     def public_config(self) -> dict[str, Any]:

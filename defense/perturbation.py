@@ -85,9 +85,6 @@ class GaussianNoise(LogitPolicy):
         if not self.sigma >= 0.0:
             raise ValueError(f"sigma must be non-negative, got {self.sigma!r}")
 
-    def config(self) -> dict[str, object]:
-        return {"name": self.name, "sigma": self.sigma, "seed": self.seed}
-
     def _noise_like(self, probs: Tensor) -> Tensor:
         key = str(probs.device)
         with self._lock:
