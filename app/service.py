@@ -125,21 +125,19 @@ class Service:
 
     def limit_rate(self, key_id: str) -> None:
         """Take a rate-limit token for ``key_id`` (no-op without a limit); :class:`RateLimited` when out."""
-        if self.limiter is None:
-            return
-        try:
-            self.limiter.acquire(key_id)
-        except RateLimited:
-            self.metrics.rate_limit_rejections.labels(key_id).inc()
-            raise
+        if self.limiter is not None:
+            self._take_token(self.limiter, key_id, key_id)
 
     def limit_auth_failures(self, address: str) -> None:
         """Count a failed authentication from ``address``; :class:`RateLimited` once it fails faster than
         ``auth_failure_rate`` (guessing keys then costs time). Valid keys never pass here."""
+        self._take_token(self.auth_failures, address, UNAUTHENTICATED)
+
+    def _take_token(self, limiter: RateLimiter, key: str, metrics_label: str) -> None:
         try:
-            self.auth_failures.acquire(address)
+            limiter.acquire(key)
         except RateLimited:
-            self.metrics.rate_limit_rejections.labels(UNAUTHENTICATED).inc()
+            self.metrics.rate_limit_rejections.labels(metrics_label).inc()
             raise
 
     def budget_remaining(self, key_id: str) -> int | None:
