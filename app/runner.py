@@ -16,8 +16,7 @@ from torch import Tensor
 
 from defense import LogitPolicy, SparseLogits
 from training.checkpoint import ModelCard, load_checkpoint
-from training.data import normalize
-from training.devices import resolve_device
+from training.devices import prepare_inputs, resolve_device
 
 logger = logging.getLogger("stingy.serve")
 
@@ -72,9 +71,7 @@ class ModelRunner:
         runs in chunks of at most ``max_batch_size`` images under ``torch.inference_mode``.
         """
         with torch.inference_mode():
-            batch = torch.cat([normalize(part.to(self.device, non_blocking=True), self.card.mean, self.card.std) for part in parts])
-            if self.device.type == "cuda":
-                batch = batch.contiguous(memory_format=torch.channels_last)
+            batch = torch.cat([prepare_inputs(part, self.card.mean, self.card.std, self.device) for part in parts])
             logits = torch.cat([self.model(chunk).float() for chunk in batch.split(self.max_batch_size)])
             released = self.policy.sparse(logits)
             return SparseLogits(indices=released.indices.cpu(), values=released.values.float().cpu())

@@ -1,5 +1,5 @@
-"""Where training and serving run: the device a name asks for, checked against this machine, and the
-mixed-precision context for it."""
+"""Where training and serving run: the device a name asks for, checked against this machine, the
+mixed-precision context for it, and image batches moved onto it in the layout it prefers."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
+from torch import Tensor
+
+from training.data import normalize
 
 
 class DeviceError(ValueError):
@@ -40,3 +43,9 @@ def autocast_for(device: torch.device, enabled: bool) -> tuple[Callable[[], Any]
         return nullcontext, None
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return (lambda: torch.autocast("cuda", dtype=dtype)), dtype
+
+
+def prepare_inputs(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> Tensor:
+    """A ``uint8`` (0-255) or float (0-1) image batch -> normalised float on ``device`` (channels-last on CUDA)."""
+    x = normalize(images.to(device, non_blocking=True), mean, std)
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x

@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 
 from defense import LogitPolicy
 from training.checkpoint import ModelCard, save_checkpoint
-from training.data import Batch, ImageDataset, normalize
-from training.devices import autocast_for, resolve_device
+from training.data import Batch, ImageDataset
+from training.devices import autocast_for, prepare_inputs, resolve_device
 from training.io import append_json_line, atomic_path, read_json_lines
 from training.objectives import Objective
 
@@ -93,12 +93,6 @@ class FitResult:
 def progress_enabled() -> bool:
     """Progress bars unless ``STINGY_PROGRESS=0``."""
     return os.environ.get("STINGY_PROGRESS", "1") != "0"
-
-
-def prepare_inputs(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> Tensor:
-    """uint8 batch -> normalised float on ``device`` (channels-last on CUDA)."""
-    x = normalize(images.to(device, non_blocking=True), mean, std)
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
 
 
 def predict_logits(
