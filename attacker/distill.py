@@ -22,10 +22,9 @@ from typing import Any
 
 from torch import Tensor
 
-from attacker.query import load_transfer_split
 from attacker.store import ResponseStore, StoreError
 from attacker.strategies import Strategy
-from training.data import ImageDataset
+from training.data import ImageDataset, load_dataset
 from training.engine import METRICS_FILE, STATE_FILE, TrainConfig
 from training.io import append_json_line, atomic_write_json, read_json_lines
 from training.objectives import CrossEntropy, Objective
@@ -63,11 +62,11 @@ def load_transfer_set(out: str | Path, data_root: str | None = None) -> Transfer
     data = manifest["dataset"]
     root = data_root if data_root is not None else data.get("root")
     options = dict(data.get("options") or {})
-    train = load_transfer_split(data["name"], data["split"], root, options)
+    train = load_dataset(data["name"], data["split"], root, **options)
     expected = manifest["identity"]["dataset_size"]
     if len(train) != expected:
         raise StoreError(f"{data['name']}/{data['split']} has {len(train)} images here but the store was made with {expected}")
-    test = load_transfer_split(data["name"], "test", root, options)
+    test = load_dataset(data["name"], "test", root, **options)
     transfer = train.select(responses.positions)
     agreement = float((responses.top1() == transfer.labels).double().mean()) * 100.0
     return TransferSet(transfer, test, responses.dense(train.info.num_classes), responses.digest(), agreement)

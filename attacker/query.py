@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from attacker.client import BudgetExhausted, PayloadTooLarge, RetryPolicy, ServerInfo, TeacherClient, check_client_options
 from attacker.store import ResponseStore, to_ranges
-from training.data import ImageDataset, load_dataset
+from training.data import ImageDataset, load_dataset, subset_positions
 from training.engine import progress_enabled
 
 
@@ -86,14 +85,7 @@ class QueryOutcome:
 
 def plan_transfer_set(size: int, budget: int | None, seed: int) -> Tensor:
     """The dataset positions to query, ascending: all ``size`` of them, or a seeded random ``budget``."""
-    if budget is None or budget >= size:
-        return torch.arange(size)
-    return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:budget].sort().values
-
-
-def load_transfer_split(name: str, split: str, root: str | None, options: dict[str, Any]) -> ImageDataset:
-    """The attacker's images: ``load_dataset`` with the options the manifest records."""
-    return load_dataset(name, split, root, **options)
+    return subset_positions(size, size if budget is None else budget, seed)
 
 
 def check_target(info: ServerInfo, dataset: ImageDataset) -> int:
@@ -113,7 +105,7 @@ def run_query(settings: QuerySettings, out: str | Path, transport: httpx.AsyncBa
     Server failures (:mod:`attacker.client` errors) propagate after the answers already received are
     stored; an exhausted budget is a normal end (``status == "budget_exhausted"``).
     """
-    dataset = load_transfer_split(settings.dataset, settings.split, settings.data_root, settings.dataset_options)
+    dataset = load_dataset(settings.dataset, settings.split, settings.data_root, **settings.dataset_options)
     return asyncio.run(_query(settings, dataset, ResponseStore(out), transport))
 
 

@@ -65,7 +65,15 @@ class ImageDataset(ABC):
         """A seeded random subset of ``count`` images (all of them when ``count >= len``)."""
         if count >= len(self):
             return self
-        return self.select(torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:count].sort().values)
+        return self.select(subset_positions(len(self), count, seed))
+
+
+def subset_positions(size: int, count: int, seed: int) -> Tensor:
+    """``count`` of the positions ``0..size-1``, drawn at random with ``seed`` and sorted (all of them when
+    ``count >= size``). With the same seed a larger ``count`` draws a superset."""
+    if count >= size:
+        return torch.arange(size)
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:count].sort().values
 
 
 def _chunks(order: Tensor, batch_size: int, drop_last: bool) -> list[Tensor]:

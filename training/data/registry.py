@@ -186,8 +186,3 @@ def load_dataset(
     if dataset is None:
         raise DatasetNotFoundError(name, [root_path, *source.candidates(root_path)], source.how_to_get)
     return dataset
-
-
-def dataset_info(name: str, root: str | Path | None = None, **options: Any) -> DatasetInfo:
-    """The :class:`DatasetInfo` of ``name`` as found on disk (reads the test split)."""
-    return load_dataset(name, "test", root, **options).info
