@@ -23,6 +23,7 @@ from matplotlib import transforms
 from attacker.distill import finished_records
 from attacker.store import ResponseStore
 from attacker.strategies import STRATEGIES
+from training.benchmark.results import accuracy_of
 from training.io import atomic_path, atomic_write_json, atomic_write_text
 
 FORMAT = "stingy-teacher/attack-report/1"
@@ -203,10 +204,9 @@ def _row(record: dict[str, Any], scratch_accuracy: float | None) -> dict[str, An
 
 
 def _accuracy(result: dict[str, Any]) -> float | None:
-    """The test accuracy of a finished training; ``None`` for a diverged one."""
-    if result.get("diverged") or result.get("test_accuracy") is None:
-        return None
-    return round(float(result["test_accuracy"]), 4)
+    """The test accuracy of a finished training, rounded; ``None`` for a diverged one."""
+    value = accuracy_of(result)
+    return None if value is None else round(value, 4)
 
 
 def _stability(result: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from pathlib import Path
 from training.benchmark.plan import plan
 from training.benchmark.presets import PRESETS
 from training.benchmark.report import write_report
-from training.benchmark.runner import BenchmarkError, run_benchmark
+from training.benchmark.results import BenchmarkError
+from training.benchmark.runner import run_benchmark
 from training.console import run_command
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from defense import make_policy
 from training.benchmark.presets import NastySettings, Preset
+from training.benchmark.results import student_arch
 from training.engine import TrainConfig
 
 @dataclass(frozen=True)
@@ -76,10 +77,6 @@ def slug(key: str) -> str:
 def policy_items(name: str, **params: Any) -> tuple[tuple[str, Any], ...]:
     """A policy config as hashable items, validated by building the policy once."""
     return tuple(make_policy(name, **params).config().items())
-
-
-def student_arch(student: str, teacher_arch: str) -> str:
-    return teacher_arch if student == "self" else student
 
 
 def plan(preset: Preset) -> list[Run]:

@@ -7,8 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.benchmark.runner import PRESET_FILE, RESULTS_FILE, BenchmarkError
 from training.io import read_json_lines
+
+RESULTS_FILE = "results.jsonl"
+PRESET_FILE = "preset.json"
+
+
+class BenchmarkError(Exception):
+    """A benchmark folder or preset problem the user must fix (printed as one line)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ NORMAL = {"name": "normal"}
 
 
 def student_arch(student: str, teacher_arch: str) -> str:
+    """The architecture a preset's student entry names: ``"self"`` is the teacher's own."""
     return teacher_arch if student == "self" else student
 
 

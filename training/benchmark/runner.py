@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from defense import make_policy
 from training.benchmark.plan import Run, StudentRun, TeacherRun, plan, slug
 from training.benchmark.presets import Preset
+from training.benchmark.results import PRESET_FILE, RESULTS_FILE, BenchmarkError
 from training.checkpoint import ModelCard, load_checkpoint
 from training.data import load_dataset
 from training.devices import resolve_device
@@ -22,13 +23,7 @@ from training.io import append_json_line, atomic_write_json, read_json_lines
 from training.objectives import CachedTeacher, CrossEntropy, Distillation, LiveTeacher, NastyTraining, Objective
 from training.runs import run_training, teacher_logits
 
-RESULTS_FILE = "results.jsonl"
-PRESET_FILE = "preset.json"
 SAMPLE_IMAGES = 8  # test images whose teacher logits are kept for the logit visualisation (Fig. 4)
-
-
-class BenchmarkError(Exception):
-    """A benchmark folder or preset problem the user must fix (printed as one line)."""
 
 
 class BenchmarkRunner:
