@@ -278,20 +278,22 @@ def decode_v2_tensor(tensor: TensorInput, field: str, binary: bytes | None, spec
     return pixel_tensor(array, f"{field}.data", unit_range=tensor.datatype == "FP32").reshape(shape)
 
 
+def v2_output_specs(batch: int, released_count: int, num_classes: int) -> dict[str, tuple[str, list[int]]]:
+    """Each v2 output's datatype and shape, for model metadata (``batch`` -1) and responses alike."""
+    return {"topk_indices": ("INT64", [batch, released_count]), "topk_logits": ("FP32", [batch, released_count]),
+            "probabilities": ("FP32", [batch, num_classes])}
+
+
 def v2_outputs(released: SparseLogits, num_classes: int, names: Sequence[str]) -> list[dict[str, Any]]:
     """The requested output tensors, flat row-major: ``topk_indices`` INT64 ``[B, N]``, ``topk_logits`` FP32
     ``[B, N]`` (``-inf`` as float32 lowest) and ``probabilities`` FP32 ``[B, K]`` (softmax of the released
     logits at tau = 1, zero outside the released set)."""
     indices, values = released_rows(released)
     batch, count = released.indices.shape
-    tensors = {
-        "topk_indices": lambda: ("INT64", [batch, count], [c for row in indices for c in row]),
-        "topk_logits": lambda: ("FP32", [batch, count], [v if v != -math.inf else FLOAT32_LOWEST for row in values for v in row]),
-        "probabilities": lambda: ("FP32", [batch, num_classes],
-                                  tempered_softmax(released.to_dense(num_classes)).reshape(-1).tolist()),
+    data = {
+        "topk_indices": lambda: [c for row in indices for c in row],
+        "topk_logits": lambda: [v if v != -math.inf else FLOAT32_LOWEST for row in values for v in row],
+        "probabilities": lambda: tempered_softmax(released.to_dense(num_classes)).reshape(-1).tolist(),
     }
-    outputs = []
-    for name in names:
-        datatype, shape, data = tensors[name]()
-        outputs.append({"name": name, "datatype": datatype, "shape": shape, "data": data})
-    return outputs
+    specs = v2_output_specs(batch, count, num_classes)
+    return [{"name": name, "datatype": specs[name][0], "shape": specs[name][1], "data": data[name]()} for name in names]

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.codecs import BINARY_HEADER, V2_INPUT, decode_v2_request, v2_outputs
+from app.codecs import BINARY_HEADER, V2_INPUT, decode_v2_request, v2_output_specs, v2_outputs
 from app.routes.deps import KeyId, ServiceDep, budget_headers
 from app.schemas import ErrorBody, InferenceResponse, ModelMetadata, ServerMetadata
 from app.service import MODEL_VERSION
@@ -63,11 +63,8 @@ async def model_metadata(name: str, key: KeyId, service: ServiceDep, version: st
     document = {
         "name": service.name, "versions": [MODEL_VERSION], "platform": PLATFORM,
         "inputs": [{"name": V2_INPUT, "datatype": "FP32", "shape": [batch, *runner.spec.shape]}],
-        "outputs": [
-            {"name": "topk_indices", "datatype": "INT64", "shape": [batch, runner.released_count]},
-            {"name": "topk_logits", "datatype": "FP32", "shape": [batch, runner.released_count]},
-            {"name": "probabilities", "datatype": "FP32", "shape": [batch, runner.num_classes]},
-        ],
+        "outputs": [{"name": name, "datatype": datatype, "shape": shape}
+                    for name, (datatype, shape) in v2_output_specs(batch, runner.released_count, runner.num_classes).items()],
     }
     return JSONResponse(document)
 
