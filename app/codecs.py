@@ -31,7 +31,6 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
 from app.errors import InvalidInput, PayloadTooLarge, invalid_input_from
-from app.runner import InputSpec
 from app.schemas import InferenceRequest, PredictRequest, TensorInput
 from defense import SparseLogits, tempered_softmax
 
@@ -42,6 +41,19 @@ V2_OUTPUTS = ("topk_indices", "topk_logits", "probabilities")
 V2_DATATYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
 FLOAT32_LOWEST = float(torch.finfo(torch.float32).min)
 BINARY_HEADER = "inference-header-content-length"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The image shape the model takes: ``channels x height x width``."""
+
+    channels: int
+    height: int
+    width: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
 
 
 @dataclass(frozen=True)

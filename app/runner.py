@@ -8,30 +8,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from app.codecs import InputSpec
 from defense import LogitPolicy, SparseLogits
 from training.checkpoint import ModelCard, load_checkpoint
 from training.devices import prepare_inputs, resolve_device
 
 logger = logging.getLogger("stingy.serve")
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """The image shape the model takes: ``channels x height x width``."""
-
-    channels: int
-    height: int
-    width: int
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.channels, self.height, self.width)
 
 
 class ModelRunner:
