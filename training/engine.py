@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -264,7 +264,7 @@ class _Step:
 
 def _with_accuracy(card: ModelCard, test_accuracy: float, epoch: int, config: TrainConfig) -> ModelCard:
     extra = {**card.extra, "epochs_trained": epoch, "train_config": asdict(config)}
-    return ModelCard(**{**card.__dict__, "test_accuracy": test_accuracy, "extra": extra})
+    return replace(card, test_accuracy=test_accuracy, extra=extra)
 
 
 def _save_state(path: Path, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, result: FitResult) -> None:
