@@ -2,5 +2,5 @@
 the stored responses with several strategies, and report how much the endpoint leaks.
 
 It knows the server only through HTTP (DESIGN.md, HTTP API); it never imports ``app``. It imports
-``defense`` only to model what it receives and ``training`` to load data and train students.
+``training`` to load data and train students.
 """
