@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sourced by demo.sh and test.sh: create .venv with Python 3.11, install the project (again only when
-# pyproject.toml changed), and make sure the real Fashion-MNIST is installed where apt can install it.
+# Sourced by demo.sh and test.sh: create .venv with Python 3.11, install the exact versions in requirements.lock
+# and then the project without resolving dependencies (again only when pyproject.toml or the lock changed), and
+# make sure the real Fashion-MNIST is installed where apt can install it.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,11 +24,16 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$(find_python)" -m venv "$VENV"
 fi
 
-stamp="$VENV/.installed-$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
+pip_install() {  # quiet, without the local-index location warnings; the status is pip's
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }
+}
+
+stamp="$VENV/.installed-$(cat "$ROOT/pyproject.toml" "$ROOT/requirements.lock" | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  echo "==> installing stingy-teacher and its dependencies into $VENV (torch takes a minute or two)"
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[dev]" 2>&1 | grep -v '^WARNING: Location' || true
+  echo "==> installing requirements.lock and stingy-teacher into $VENV (torch takes a minute or two)"
+  pip_install --upgrade pip || true
+  pip_install -r "$ROOT/requirements.lock" || { echo "error: installing requirements.lock failed" >&2; exit 1; }
+  pip_install --no-deps -e "$ROOT" || { echo "error: installing stingy-teacher failed" >&2; exit 1; }
   "$VENV/bin/python" -c 'import torch, torchvision, fastapi, safetensors' || { echo "error: installation failed" >&2; exit 1; }
   rm -f "$VENV"/.installed-* && touch "$stamp"
 fi
