@@ -23,10 +23,11 @@ from pydantic import ValidationError
 from app.errors import describe_validation_errors
 from app.main import create_app
 from app.settings import ServeSettings
-from training.checkpoint import CheckpointError, read_card
-from training.cli import UsageError, add_policy_options, policy_from_args
+from training.checkpoint import read_card
+from training.console import UsageError, add_policy_options, policy_flags, run_command
 
 POLICY_FLAGS = ("policy", "sparse_ratio", "k", "policy_param")
+EXIT_NOT_STARTED = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,8 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--checkpoint", type=Path, help="teacher checkpoint (.safetensors) [STINGY_CHECKPOINT]")
     model.add_argument("--model-name", help="name in URLs and responses (default: the checkpoint's file stem)")
     model.add_argument("--device", help="auto (CUDA when present, the default), cpu, cuda, cuda:1, ...")
-    add_policy_options(parser)
-    parser.set_defaults(policy=None)  # tell "not given" (the environment decides) from an explicit --policy
+    add_policy_options(parser, default=None)  # None: not given, the environment decides
     parser.epilog = ("Policy flags on the command line replace every policy setting of the environment "
                      "(--policy then defaults to stingy).")
     net = parser.add_argument_group("network")
@@ -64,47 +64,45 @@ def build_parser() -> argparse.ArgumentParser:
     security.add_argument("--auth-failure-rate", type=float,
                           help="failed authentications per second per client address before 429 (default 1)")
     security.add_argument("--auth-failure-burst", type=int, help="failed authentications allowed at once (default 30)")
+    parser.set_defaults(handler=serve)
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> ServeSettings:
-    """Settings from the environment, overridden by the flags given on the command line."""
-    given = {name: value for name, value in vars(args).items() if value not in (None, []) and name not in POLICY_FLAGS}
-    if any(getattr(args, name) not in (None, []) for name in POLICY_FLAGS):
-        args.policy = args.policy or "stingy"
-        config = policy_from_args(args).config()
-        given.update(policy=config.pop("name"), sparse_ratio=config.pop("sparse_ratio", None), k=config.pop("k", None),
-                     policy_params=config)
-    return ServeSettings(**given)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Settings from the environment, overridden by the flags given on the command line (the policy flags
+    replace the environment's policy fields all together)."""
+    given = {name: value for name, value in vars(args).items()
+             if value not in (None, []) and name not in POLICY_FLAGS and name != "handler"}
     try:
-        settings = settings_from_args(args)
-        card = read_card(settings.checkpoint)
-        settings.build_policy().released_count(card.num_classes)  # e.g. k larger than the number of classes
+        return ServeSettings(**given, **policy_flags(args))
     except ValidationError as error:
-        return _fail("invalid settings: " + describe_validation_errors(error.errors(include_input=False, include_url=False)))
-    except (UsageError, CheckpointError, ValueError) as error:
-        return _fail(str(error))
+        raise UsageError("invalid settings: " + describe_validation_errors(error.errors(include_input=False, include_url=False))) from None
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Check the settings and the checkpoint, then run the server until it is stopped."""
+    settings = settings_from_args(args)
+    card = read_card(settings.checkpoint)
+    try:
+        settings.release_policy.released_count(card.num_classes)  # e.g. k larger than the number of classes
+    except ValueError as error:
+        raise UsageError(str(error)) from error
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(settings)
     except (ValueError, OSError) as error:  # the API keys file: unreadable, empty secret, repeated name
-        return _fail(str(error))
+        raise UsageError(str(error)) from error
     config: dict[str, Any] = {
         "host": settings.host, "port": settings.port, "log_level": settings.log_level, "access_log": False,
         "lifespan": "on", "timeout_graceful_shutdown": settings.graceful_timeout_s,
     }
     server = uvicorn.Server(uvicorn.Config(app, **config))
     server.run()
-    return 0 if server.started else 3
+    return 0 if server.started else EXIT_NOT_STARTED
 
 
-def _fail(message: str) -> int:
-    print(f"stingy-serve: {message}", file=sys.stderr)
-    return 2
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), argv, resume_hint="")
 
 
 if __name__ == "__main__":

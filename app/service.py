@@ -63,7 +63,7 @@ class Service:
         in the background; :attr:`ready` turns true when the warm-up pass is done."""
         settings = self.settings
         self.runner = await run_in_threadpool(
-            ModelRunner, settings.checkpoint, settings.build_policy(), device=settings.device, max_batch_size=settings.max_batch_size
+            ModelRunner, settings.checkpoint, settings.release_policy, device=settings.device, max_batch_size=settings.max_batch_size
         )
         if settings.budget_images is not None:
             self.budget = BudgetStore(settings.budget_db, settings.budget_images)

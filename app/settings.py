@@ -11,10 +11,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from defense import LogitPolicy, make_policy
+from defense import LogitPolicy, policy_from_fields
 from training.devices import resolve_device
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
@@ -63,6 +63,8 @@ class ServeSettings(BaseSettings):
     auth_failure_rate: float = Field(1.0, gt=0, description="failed authentications per second per client address (with keys)")
     auth_failure_burst: int = Field(30, ge=1, description="failed authentications a client address may make at once")
 
+    _policy: LogitPolicy | None = PrivateAttr(None)
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
@@ -90,7 +92,8 @@ class ServeSettings(BaseSettings):
             self.model_name = stem[:128]
         if self.rate_burst is not None and self.rate_limit is None:
             raise ValueError("rate_burst needs rate_limit")
-        self.build_policy()  # raises ValueError for an unknown policy or bad parameters
+        # The one place a server's policy is built; ValueError for an unknown policy or bad parameters.
+        self._policy = policy_from_fields(self.policy, self.sparse_ratio, self.k, self.policy_params)
         return self
 
     @property
@@ -99,12 +102,9 @@ class ServeSettings(BaseSettings):
         assert self.model_name is not None  # filled in by the validator
         return self.model_name
 
-    def build_policy(self) -> LogitPolicy:
-        """A fresh policy object from ``policy``, ``sparse_ratio``, ``k`` and ``policy_params``."""
-        params = dict(self.policy_params)
-        for name, value in (("sparse_ratio", self.sparse_ratio), ("k", self.k)):
-            if value is not None:
-                if params.get(name, value) != value:
-                    raise ValueError(f"{name} is given twice with different values ({params[name]!r} and {value!r})")
-                params[name] = value
-        return make_policy(self.policy, **params)
+    @property
+    def release_policy(self) -> LogitPolicy:
+        """The release policy of ``policy``, ``sparse_ratio``, ``k`` and ``policy_params``, built once when the
+        settings were validated (copies of these settings share it)."""
+        assert self._policy is not None  # built by the validator
+        return self._policy

@@ -27,14 +27,13 @@ from attacker.query import QueryOutcome, QuerySettings, TargetMismatch, run_quer
 from attacker.report import ReportError, compare, write_report
 from attacker.store import StoreError
 from attacker.strategies import DEFAULT_STRATEGIES, STRATEGIES, Strategy, make_strategy
-from training.console import USER_ERRORS, UsageError
+from training.console import EXIT_USAGE, ErrorExit, UsageError, add_optimizer_options, run_command, train_config
 from training.data import dataset_names
-from training.devices import resolve_device
 from training.engine import TrainConfig
 from training.io import atomic_write_text
 from training.models import list_models
 
-EXIT_USAGE, EXIT_BUDGET, EXIT_SERVER, EXIT_INTERRUPTED = 2, 3, 4, 130
+EXIT_BUDGET, EXIT_SERVER = 3, 4
 API_KEY_ENV = "STINGY_API_KEY"
 # Student training defaults: sized for a full Fashion-MNIST transfer set (60,000 images) on a CPU.
 STUDENT_DEFAULTS = TrainConfig(epochs=10, batch_size=128, lr=0.01, milestones=(0.5, 0.75), gamma=0.1, augment=False)
@@ -67,22 +66,11 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_student_options(parser: argparse.ArgumentParser) -> None:
-    d = STUDENT_DEFAULTS
     group = parser.add_argument_group("students")
     group.add_argument("--student", required=True, help="student architecture (see `stingy-train models`)")
     group.add_argument("--strategies", "--strategy", dest="strategies", nargs="+", action="extend", metavar="S",
                        help=f"strategies, each NAME or NAME:KEY=VALUE,... (default: {', '.join(DEFAULT_STRATEGIES)})")
-    group.add_argument("--epochs", type=int, default=d.epochs, help=f"(default {d.epochs})")
-    group.add_argument("--train-batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
-    group.add_argument("--lr", type=float, default=d.lr, help=f"SGD learning rate (default {d.lr})")
-    group.add_argument("--momentum", type=float, default=d.momentum)
-    group.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    group.add_argument("--milestones", type=float, nargs="*", default=list(d.milestones),
-                       help="lr is multiplied by --gamma at these epochs; below 1: fractions of --epochs (default 0.5 0.75)")
-    group.add_argument("--gamma", type=float, default=d.gamma, help=f"(default {d.gamma})")
-    group.add_argument("--optimizer", choices=["sgd", "adam"], default=d.optimizer)
-    group.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    group.add_argument("--no-amp", action="store_true", help="full precision on CUDA")
+    add_optimizer_options(group, STUDENT_DEFAULTS, batch_flag="--train-batch-size")
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -106,14 +94,9 @@ def query_settings(args: argparse.Namespace) -> QuerySettings:
 def student_plan(args: argparse.Namespace) -> tuple[list[Strategy], TrainConfig]:
     if args.student not in {entry.name for entry in list_models()}:
         raise UsageError(f"unknown architecture {args.student!r}; see `stingy-train models`")
+    config = train_config(args, augment=False, seed=args.seed)
     try:
-        resolve_device(args.device)  # refused now, not after the server has been queried
         strategies = [make_strategy(spec) for spec in (args.strategies or DEFAULT_STRATEGIES)]
-        config = TrainConfig(
-            epochs=args.epochs, batch_size=args.train_batch_size, lr=args.lr, momentum=args.momentum,
-            weight_decay=args.weight_decay, milestones=tuple(args.milestones), gamma=args.gamma, optimizer=args.optimizer,
-            augment=False, seed=args.seed, device=args.device, amp=not args.no_amp,
-        )
     except ValueError as error:
         raise UsageError(str(error)) from error
     specs = [strategy.spec() for strategy in strategies]
@@ -221,19 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    kept = f"; the responses received so far are kept in {args.out}, rerun to resume" if hasattr(args, "url") else ""
-    try:
-        return args.handler(args)
-    except (ServerUnavailable, ProtocolError) as error:
-        print(f"stingy-attack: server error: {error}{kept}", file=sys.stderr)
-        return EXIT_SERVER
-    except (*USER_ERRORS, AttackError, StoreError, TargetMismatch, ReportError) as error:
-        print(f"stingy-attack: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"stingy-attack: interrupted{kept}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    exits = (ErrorExit((ServerUnavailable, ProtocolError), EXIT_SERVER, "server error", resumable=True),
+             ErrorExit((AttackError, StoreError, TargetMismatch, ReportError), EXIT_USAGE))
+    return run_command(build_parser(), argv, exits=exits, resume_hint=_kept)
+
+
+def _kept(args: argparse.Namespace) -> str:
+    """What an interrupted or failed query leaves behind (commands that query a server only)."""
+    return f"the responses received so far are kept in {args.out}, rerun to resume" if hasattr(args, "url") else ""
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from training.console import parse_spec
+from training.losses import KD_ALPHA, KD_TEMPERATURE
 from training.objectives import CachedTeacher, Distillation, HardLabelDistillation, Objective
 
 
@@ -68,9 +70,9 @@ class Strategy(ABC):
 @dataclass(frozen=True)
 class Naive(Strategy):
     name = "naive"
-    summary = "the paper's attacker: KD (Eq. 1) on the rebuilt -inf logits, tau 20, alpha 0.9"
-    tau: float = 20.0
-    alpha: float = 0.9
+    summary = f"the paper's attacker: KD (Eq. 1) on the rebuilt -inf logits, tau {KD_TEMPERATURE:g}, alpha {KD_ALPHA:g}"
+    tau: float = KD_TEMPERATURE
+    alpha: float = KD_ALPHA
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -125,22 +127,23 @@ DEFAULT_STRATEGIES = ("naive", "naive:grad_clip=5", "hard_label", "low_temperatu
 
 def make_strategy(spec: str) -> Strategy:
     """Build a strategy from ``name`` or ``name:param=value,...``; ``ValueError`` names what is accepted."""
-    name, _, params = spec.strip().partition(":")
+    name = spec.strip().partition(":")[0]
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; known strategies: {', '.join(STRATEGIES)}")
     cls = STRATEGIES[name]
-    accepted = {f.name for f in dataclasses.fields(cls)}
-    values: dict[str, float | None] = {}
-    for item in filter(None, params.split(",")):
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or key not in accepted:
-            raise ValueError(f"strategy {name!r} takes parameters {', '.join(sorted(accepted))} as KEY=VALUE, got {item!r}")
-        try:
-            values[key] = None if value.strip().lower() == "none" else float(value)
-        except ValueError:
-            raise ValueError(f"strategy parameter {key} needs a number or 'none', got {value!r}") from None
-    return cls(**values)  # type: ignore[arg-type]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    accepted = ", ".join(sorted(fields))
+    try:
+        _, values = parse_spec(spec, "strategy")
+    except ValueError as error:
+        raise ValueError(f"{error}; it takes parameters {accepted}") from None
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ValueError(f"strategy {name!r} takes parameters {accepted} as KEY=VALUE, got {', '.join(unknown)}")
+    for key, value in values.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ValueError(f"strategy parameter {key} needs a number or 'none', got {value!r}")
+    return cls(**{key: None if value is None else float(value) for key, value in values.items()})
 
 
 def _format(value: Any) -> str:

@@ -34,6 +34,23 @@ def make_policy(name: str, **params: Any) -> LogitPolicy:
     return cls(**given)
 
 
+def policy_from_fields(
+    policy: str, sparse_ratio: float | None = None, k: int | None = None, policy_params: dict[str, Any] | None = None
+) -> LogitPolicy:
+    """The policy of the four fields a command or a server setting gives (``--policy``, ``--sparse-ratio``,
+    ``--k``, ``--policy-param``; ``STINGY_POLICY``, ...): ``make_policy(policy, sparse_ratio=, k=, **policy_params)``.
+
+    Raises ``ValueError`` when ``sparse_ratio`` or ``k`` is also in ``policy_params`` with another value.
+    """
+    params = dict(policy_params or {})
+    for name, value in (("sparse_ratio", sparse_ratio), ("k", k)):
+        if value is not None:
+            if params.get(name, value) != value:
+                raise ValueError(f"{name} is given twice with different values ({params[name]!r} and {value!r})")
+            params[name] = value
+    return make_policy(policy, **params)
+
+
 def _policy_class(name: str) -> type[LogitPolicy]:
     try:
         return POLICIES[name]

@@ -9,17 +9,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import Any
 
-from defense import POLICIES, LogitPolicy, make_policy, policy_parameters
+from defense import POLICIES, LogitPolicy, policy_from_fields, policy_parameters
 from training.checkpoint import load_checkpoint
-from training.console import UsageError, run_command
+from training.console import UsageError, add_optimizer_options, add_policy_options, policy_flags, run_command, train_config
 from training.data import ImageDataset, dataset_names, load_dataset
 from training.devices import resolve_device
 from training.engine import STATE_FILE, FitResult, TrainConfig
+from training.losses import KD_ALPHA, KD_TEMPERATURE
 from training.models import list_models
 from training.objectives import CrossEntropy, Distillation, HardLabelDistillation, NastyTraining
 from training.runs import RESULT_FILE, run_training, teacher_signal
@@ -38,20 +37,10 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     """Optimisation options; defaults are the paper's."""
     defaults = TrainConfig()
     group = parser.add_argument_group("optimisation (defaults: the paper's)")
-    group.add_argument("--epochs", type=int, default=defaults.epochs)
-    group.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    group.add_argument("--lr", type=float, default=defaults.lr)
-    group.add_argument("--momentum", type=float, default=defaults.momentum)
-    group.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    group.add_argument("--milestones", type=float, nargs="*", default=list(defaults.milestones),
-                       help="epochs at which lr is multiplied by --gamma; values below 1 are fractions of --epochs (default 0.3 0.6 0.8)")
-    group.add_argument("--gamma", type=float, default=defaults.gamma)
-    group.add_argument("--optimizer", choices=["sgd", "adam"], default=defaults.optimizer)
+    add_optimizer_options(group, defaults)
     group.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value (off by default)")
     group.add_argument("--no-augment", action="store_true", help="turn off random crop and flip")
     group.add_argument("--seed", type=int, default=defaults.seed)
-    group.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    group.add_argument("--no-amp", action="store_true", help="full precision on CUDA")
     group.add_argument("--num-workers", type=int, default=0, help="data-loading processes (file-based datasets)")
     run = parser.add_argument_group("run folder")
     run.add_argument("--out", required=True, type=Path, help="run folder: checkpoint, metrics.jsonl, state.pt, result.json")
@@ -59,41 +48,17 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--force", action="store_true", help="start over even if --out holds a run")
 
 
-def add_policy_options(parser: argparse.ArgumentParser, default: str = "stingy") -> None:
-    group = parser.add_argument_group("release policy")
-    group.add_argument("--policy", default=default, choices=sorted(POLICIES))
-    group.add_argument("--sparse-ratio", type=float, help="r: keep N = round(r K) classes")
-    group.add_argument("--k", type=int, help="keep exactly N classes")
-    group.add_argument("--policy-param", action="append", default=[], metavar="NAME=VALUE",
-                       help="other policy parameters, e.g. decimals=2, sigma=0.05 (repeatable)")
-
-
 def policy_from_args(args: argparse.Namespace) -> LogitPolicy:
-    params: dict[str, Any] = {"sparse_ratio": args.sparse_ratio, "k": args.k}
-    for item in args.policy_param:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--policy-param needs NAME=VALUE, got {item!r}")
-        try:
-            params[name] = json.loads(value)
-        except json.JSONDecodeError:
-            params[name] = value
+    """The release policy of ``stingy-train kd``'s policy flags."""
+    flags = policy_flags(args)
     try:
-        return make_policy(args.policy, **params)
+        return policy_from_fields(**flags)
     except (TypeError, ValueError) as error:
         raise UsageError(str(error)) from error
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    try:
-        resolve_device(args.device)  # refused now, not after the data is loaded
-        return TrainConfig(
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-            milestones=tuple(args.milestones), gamma=args.gamma, optimizer=args.optimizer, grad_clip=args.grad_clip,
-            augment=not args.no_augment, seed=args.seed, device=args.device, amp=not args.no_amp, num_workers=args.num_workers,
-        )
-    except ValueError as error:
-        raise UsageError(str(error)) from error
+    return train_config(args, grad_clip=args.grad_clip, augment=not args.no_augment, seed=args.seed, num_workers=args.num_workers)
 
 
 def load_splits(args: argparse.Namespace, dataset: str) -> tuple[ImageDataset, ImageDataset]:
@@ -187,8 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     kd = commands.add_parser("kd", help="distil a student from a teacher checkpoint through a release policy (Eq. 1)")
     kd.add_argument("--teacher", required=True, type=Path, help="teacher checkpoint (.safetensors)")
     kd.add_argument("--student", required=True, help="student architecture, or 'self' for the teacher's (self-KD)")
-    kd.add_argument("--temperature", "--tau", type=float, default=20.0, help="tau (paper: 20)")
-    kd.add_argument("--alpha", type=float, default=0.9, help="weight of the KL term (paper: 0.9)")
+    kd.add_argument("--temperature", "--tau", type=float, default=KD_TEMPERATURE, help=f"tau (paper: {KD_TEMPERATURE:g})")
+    kd.add_argument("--alpha", type=float, default=KD_ALPHA, help=f"weight of the KL term (paper: {KD_ALPHA:g})")
     kd.add_argument("--hard-labels", action="store_true", help="distil the teacher's released top-1 only")
     kd.add_argument("--teacher-cache", action="store_true", help="compute teacher logits once per image (needs --no-augment)")
     add_policy_options(kd)
@@ -211,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(build_parser(), argv, interrupted_hint="continue with --resume")
+    return run_command(build_parser(), argv, resume_hint="continue with --resume")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,11 @@ from torch import Tensor
 
 from defense import tempered_log_softmax
 
+# The paper's KD setting (Sec. 4.1): temperature tau 20 and weight alpha 0.9 of the KL term in Eq. 1. Every KD
+# default of the project (stingy-train kd, the benchmark presets, the attacker's strategies) comes from here.
+KD_TEMPERATURE = 20.0
+KD_ALPHA = 0.9
+
 
 def soft_cross_entropy_kl(target_logits: Tensor, student_logits: Tensor, tau: float) -> Tensor:
     """``KL(p_tau^T || p_tau^S)`` per row, where ``p_tau = softmax(z / tau)``.

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from defense import LogitPolicy, make_policy
 from training.data import Batch
-from training.losses import kd_loss, nasty_loss
+from training.losses import KD_ALPHA, KD_TEMPERATURE, kd_loss, nasty_loss
 
 
 class TeacherSignal(ABC):
@@ -108,7 +108,7 @@ class HardLabelDistillation(Objective):
 class Distillation(Objective):
     """Knowledge distillation, Eq. 1, from any teacher signal."""
 
-    def __init__(self, teacher: TeacherSignal, tau: float = 20.0, alpha: float = 0.9) -> None:
+    def __init__(self, teacher: TeacherSignal, tau: float = KD_TEMPERATURE, alpha: float = KD_ALPHA) -> None:
         if tau <= 0 or not 0.0 <= alpha <= 1.0:
             raise ValueError(f"need tau > 0 and alpha in [0, 1], got tau={tau}, alpha={alpha}")
         self.teacher, self.tau, self.alpha = teacher, tau, alpha

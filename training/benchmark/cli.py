@@ -16,7 +16,7 @@ from training.benchmark.presets import PRESETS
 from training.benchmark.report import write_report
 from training.benchmark.results import BenchmarkError
 from training.benchmark.runner import run_benchmark
-from training.console import run_command
+from training.console import EXIT_USAGE, ErrorExit, run_command
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(build_parser(), argv, (BenchmarkError,))
+    return run_command(build_parser(), argv, exits=(ErrorExit((BenchmarkError,), EXIT_USAGE),))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from training.engine import TrainConfig
+from training.losses import KD_ALPHA, KD_TEMPERATURE
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,8 @@ class Preset:
     teacher_config: TrainConfig
     student_config: TrainConfig
     sparse_ratio: float
-    tau: float = 20.0
-    alpha: float = 0.9
+    tau: float = KD_TEMPERATURE
+    alpha: float = KD_ALPHA
     nasty: NastySettings | None = None
     ratio_sweep: Sweep | None = None
     ratio_policies: tuple[str, ...] = ("stingy", "stingy_smooth", "least")
