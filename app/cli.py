@@ -4,9 +4,13 @@
 
 Every flag has an environment variable (``STINGY_`` + the flag in capitals, e.g. ``STINGY_MAX_BATCH_SIZE``);
 a flag on the command line wins. API keys come only from ``STINGY_API_KEYS`` or ``--api-keys-file`` (never
-from a flag, which other users could read in the process list). Exit status: 2 for bad settings or
-checkpoint, 3 when the server could not start; after SIGTERM requests in flight complete, then the process
-ends by that signal (status 143), as uvicorn does.
+from a flag, which other users could read in the process list). Without any key the server is open to
+whoever can connect: it says so with a WARNING, and refuses a --host other machines can reach unless
+--allow-anonymous (STINGY_ALLOW_ANONYMOUS=1) is given.
+
+Exit status: 2 for bad settings or a bad checkpoint (missing, a folder, damaged or tampered with: the weights
+are verified before the server starts); 3 when the server could not start (e.g. its port is in use); after
+SIGTERM requests in flight complete, then the process ends by that signal (status 143), as uvicorn does.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ import uvicorn
 from pydantic import ValidationError
 
 from app.errors import describe_validation_errors
+from app.listen import ListenError, check_can_listen
 from app.main import create_app
 from app.settings import ServeSettings
-from training.checkpoint import read_card
-from training.console import UsageError, add_policy_options, policy_flags, run_command
+from training.checkpoint import load_checkpoint
+from training.console import ErrorExit, UsageError, add_policy_options, policy_flags, run_command
 
 POLICY_FLAGS = ("policy", "sparse_ratio", "k", "policy_param")
 EXIT_NOT_STARTED = 3
@@ -57,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-image-pixels", type=int, help="largest decoded PNG/JPEG in pixels (default 4096*4096)")
     security = parser.add_argument_group("security")
     security.add_argument("--api-keys-file", type=Path, help="one key per line, 'name:secret' or a bare secret")
+    security.add_argument("--allow-anonymous", action="store_const", const=True,
+                          help="serve without keys on a --host other machines can reach (anyone may then query the model)")
     security.add_argument("--budget-images", type=int, help="images each key may query in total (default unlimited)")
     security.add_argument("--budget-db", type=Path, help="SQLite file keeping budget counts (default stingy-budget.sqlite3)")
     security.add_argument("--rate-limit", type=float, help="requests per second per key (default unlimited)")
@@ -82,16 +89,14 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
 def serve(args: argparse.Namespace) -> int:
     """Check the settings and the checkpoint, then run the server until it is stopped."""
     settings = settings_from_args(args)
-    card = read_card(settings.checkpoint)
+    _, card = load_checkpoint(settings.checkpoint)  # every tensor verified now: a tampered file stops here, in one line
     try:
         settings.release_policy.released_count(card.num_classes)  # e.g. k larger than the number of classes
-    except ValueError as error:
+        app = create_app(settings)  # the API keys: unreadable file, empty secret, repeated name, none on an open host
+    except (ValueError, OSError) as error:
         raise UsageError(str(error)) from error
+    check_can_listen(settings.host, settings.port)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        app = create_app(settings)
-    except (ValueError, OSError) as error:  # the API keys file: unreadable, empty secret, repeated name
-        raise UsageError(str(error)) from error
     config: dict[str, Any] = {
         "host": settings.host, "port": settings.port, "log_level": settings.log_level, "access_log": False,
         "lifespan": "on", "timeout_graceful_shutdown": settings.graceful_timeout_s,
@@ -102,7 +107,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(build_parser(), argv, resume_hint="")
+    return run_command(build_parser(), argv, exits=[ErrorExit((ListenError,), EXIT_NOT_STARTED)], resume_hint="")
 
 
 if __name__ == "__main__":

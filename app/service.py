@@ -14,9 +14,10 @@ from app.access_log import AccessLog
 from app.batcher import BatcherClosed, DynamicBatcher
 from app.codecs import InputLimits
 from app.errors import BudgetExhausted, NotFound, NotReady, RateLimited
+from app.listen import is_loopback
 from app.metrics import ServiceMetrics
 from app.runner import ModelRunner
-from app.security import UNAUTHENTICATED, BudgetStore, KeyRing, RateLimiter
+from app.security import ANONYMOUS, UNAUTHENTICATED, BudgetStore, KeyRing, RateLimiter
 from app.settings import ServeSettings
 from defense import SparseLogits
 
@@ -39,9 +40,16 @@ class Service:
     def __init__(self, settings: ServeSettings) -> None:
         """Check the key configuration and set up metrics and the access log; nothing is loaded yet.
 
+        Raises ``ValueError`` for a bad key entry, and when no key is configured while ``settings.host`` can be
+        reached from other machines, unless ``settings.allow_anonymous`` says the owner wants an open server.
+
         Only the keys' SHA-256 digests are kept: the secrets are dropped from the service's copy of the settings.
         """
         self.keys = KeyRing.from_sources((key.get_secret_value() for key in settings.api_keys), settings.api_keys_file)
+        if not self.keys.enabled and not settings.allow_anonymous and not is_loopback(settings.host):
+            raise ValueError(f"no API key is configured and {settings.host} can be reached from other machines, so anyone could "
+                             "query the model: set STINGY_API_KEYS or --api-keys-file, or pass --allow-anonymous "
+                             "(STINGY_ALLOW_ANONYMOUS=1) to serve it open on purpose")
         self.settings = settings = settings.model_copy(update={"api_keys": []})
         self.name = settings.served_name
         self.limits = InputLimits(settings.max_images_per_request, settings.max_image_pixels)
@@ -67,6 +75,10 @@ class Service:
         )
         if settings.budget_images is not None:
             self.budget = BudgetStore(settings.budget_db, settings.budget_images)
+        if not self.keys.enabled:
+            logger.warning("NO API KEYS: anyone who can connect to %s:%d may query the model, unidentified and without a key "
+                           "of their own (every client is %r and shares one budget and rate limit); set STINGY_API_KEYS or "
+                           "--api-keys-file to require keys", settings.host, settings.port, ANONYMOUS)
         if not self.runner.policy.masks:
             logger.warning("policy %r releases all %d classes per image: this server does not hide the teacher's logits",
                            self.runner.policy.name, self.runner.num_classes)

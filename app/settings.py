@@ -56,6 +56,7 @@ class ServeSettings(BaseSettings):
         default_factory=list, description="API keys, comma separated, each 'name:secret' or a bare secret"
     )
     api_keys_file: Path | None = Field(None, description="file with one API key per line ('name:secret' or secret)")
+    allow_anonymous: bool = Field(False, description="serve without API keys on an address other machines can reach")
     budget_images: int | None = Field(None, ge=0, description="images each key may query in total (unlimited if unset)")
     budget_db: Path = Field(Path("stingy-budget.sqlite3"), description="SQLite file that keeps the budget counts")
     rate_limit: float | None = Field(None, gt=0, description="requests per second per key (unlimited if unset)")

@@ -110,6 +110,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
 
 
 def _read_document(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        inside = sorted(child.name for child in path.glob("*.safetensors"))
+        hint = f"; it holds {', '.join(inside)}: pass {path / inside[0]}" if inside else "; it holds no .safetensors file"
+        raise CheckpointError(f"checkpoint {path} is a folder, not a .safetensors file{hint}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:

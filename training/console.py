@@ -108,7 +108,7 @@ def add_policy_options(parser: argparse.ArgumentParser, default: str | None = "s
     """``--policy``, ``--sparse-ratio``, ``--k`` and repeatable ``--policy-param NAME=VALUE``."""
     group = parser.add_argument_group("release policy")
     group.add_argument("--policy", default=default, choices=sorted(POLICIES))
-    group.add_argument("--sparse-ratio", type=float, help="r: keep N = round(r K) classes")
+    group.add_argument("--sparse-ratio", type=float, help="r: keep N = max(1, round(r K)) of the K classes")
     group.add_argument("--k", type=int, help="keep exactly N classes")
     group.add_argument("--policy-param", action="append", default=[], metavar="NAME=VALUE",
                        help="other policy parameters, e.g. decimals=2, sigma=0.05 (repeatable)")

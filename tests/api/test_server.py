@@ -109,6 +109,7 @@ def test_sigterm_lets_the_request_in_flight_complete(tiny_teacher: Path, tmp_pat
         worker.join(30)
     assert answer["response"].status_code == 200 and len(answer["response"].json()["predictions"]) == 1
     assert status in (0, -15), started.output()[-2000:]
+    assert "WARNING stingy.serve: NO API KEYS: anyone who can connect to 127.0.0.1:" in started.output()  # started without keys
     assert "Waiting for connections to close" in started.output() or "Shutting down" in started.output()
 
 
