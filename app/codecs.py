@@ -9,7 +9,7 @@ pixel arrays and v2 tensors must already have the model's shape.
 
 Encoding sends only the released pairs. A released ``-inf`` (a class whose probability a policy such as
 ``rounding`` rounds to 0) is never written as a non-standard JSON ``-Infinity``: v1 leaves the pair out,
-v2 writes float32's lowest value (``-3.4028234663852886e+38``). A NaN or ``+inf`` is a server fault.
+v2 writes float32's lowest value (``-3.4028234663852886e38``). A NaN or ``+inf`` is a server fault.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 import torch
 from PIL import Image
 from pydantic import ValidationError
@@ -76,7 +77,15 @@ class V2Request:
 # ---- shared helpers ----------------------------------------------------------------------------------
 
 def parse_json(body: bytes) -> Any:
-    """JSON without the non-standard ``NaN``/``Infinity`` constants; any failure is a 400."""
+    """JSON without the non-standard ``NaN``/``Infinity`` constants; any failure is a 400.
+
+    orjson parses valid bodies (several times faster than the standard library); a body it refuses is parsed
+    again by the standard library, which names the problem (``NaN is not valid JSON``) or accepts what orjson
+    alone refuses (integers beyond 64 bits, nesting deeper than 1024, both then checked as pixels)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
 
     def reject(constant: str) -> None:
         raise ValueError(f"{constant} is not valid JSON")
@@ -209,12 +218,19 @@ def decode_v1_json(body: bytes, spec: InputSpec, limits: InputLimits) -> Tensor:
     return decode_images([decode_base64(text, f"images[{i}]") for i, text in enumerate(request.images)], "images", spec, limits)
 
 
-def released_rows(released: SparseLogits) -> tuple[list[list[int]], list[list[float]]]:
-    """The pairs as Python lists, after checking that every value is finite or ``-inf``."""
+def released_arrays(released: SparseLogits) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs as numpy ``int64`` indices and ``float64`` values (each float32 value exactly, so JSON
+    writes the same digits as for a Python float), after checking that every value is finite or ``-inf``."""
     values = released.values
     if bool(torch.isnan(values).any() | torch.isposinf(values).any()):
         raise RuntimeError("the release policy produced NaN or +inf; refusing to encode it")
-    return released.indices.tolist(), values.tolist()
+    return np.ascontiguousarray(released.indices.numpy()), np.ascontiguousarray(values.double().numpy())
+
+
+def released_rows(released: SparseLogits) -> tuple[list[list[int]], list[list[float]]]:
+    """The pairs as Python lists (checked as in :func:`released_arrays`)."""
+    indices, values = released_arrays(released)
+    return indices.tolist(), values.tolist()
 
 
 def v1_predictions(released: SparseLogits, class_names: Sequence[str]) -> list[dict[str, Any]]:
@@ -297,15 +313,15 @@ def v2_output_specs(batch: int, released_count: int, num_classes: int) -> dict[s
 
 
 def v2_outputs(released: SparseLogits, num_classes: int, names: Sequence[str]) -> list[dict[str, Any]]:
-    """The requested output tensors, flat row-major: ``topk_indices`` INT64 ``[B, N]``, ``topk_logits`` FP32
-    ``[B, N]`` (``-inf`` as float32 lowest) and ``probabilities`` FP32 ``[B, K]`` (softmax of the released
-    logits at tau = 1, zero outside the released set)."""
-    indices, values = released_rows(released)
-    batch, count = released.indices.shape
+    """The requested output tensors, flat row-major numpy arrays (for :class:`app.responses.FastJSONResponse`):
+    ``topk_indices`` INT64 ``[B, N]``, ``topk_logits`` FP32 ``[B, N]`` (``-inf`` as float32 lowest) and
+    ``probabilities`` FP32 ``[B, K]`` (softmax of the released logits at tau = 1, zero outside the released set)."""
+    indices, values = released_arrays(released)
+    batch, count = indices.shape
     data = {
-        "topk_indices": lambda: [c for row in indices for c in row],
-        "topk_logits": lambda: [v if v != -math.inf else FLOAT32_LOWEST for row in values for v in row],
-        "probabilities": lambda: tempered_softmax(released.to_dense(num_classes)).reshape(-1).tolist(),
+        "topk_indices": lambda: indices.reshape(-1),
+        "topk_logits": lambda: np.where(values == -math.inf, FLOAT32_LOWEST, values).reshape(-1),
+        "probabilities": lambda: np.ascontiguousarray(tempered_softmax(released.to_dense(num_classes)).double().reshape(-1).numpy()),
     }
     specs = v2_output_specs(batch, count, num_classes)
     return [{"name": name, "datatype": specs[name][0], "shape": specs[name][1], "data": data[name]()} for name in names]

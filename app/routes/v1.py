@@ -7,13 +7,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.codecs import InputLimits, check_image_count, decode_images, decode_v1_json, v1_predictions
 from app.errors import InvalidInput, PayloadTooLarge
-from app.routes.deps import KeyId, ServiceDep, budget_headers
+from app.responses import FastJSONResponse
+from app.routes.deps import KeyId, ServiceDep, budget_headers, decode, decodes_inline
 from app.schemas import ErrorBody, ModelInfo, PredictResponse
 from app.service import MODEL_VERSION
 
@@ -46,21 +46,22 @@ async def model_info(key: KeyId, service: ServiceDep) -> JSONResponse:
 
 @router.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra={"requestBody": PREDICT_BODY},
              summary="Top-1 label and the released top-N (class, logit) pairs per image")
-async def predict(request: Request, key: KeyId, service: ServiceDep) -> JSONResponse:
+async def predict(request: Request, key: KeyId, service: ServiceDep) -> FastJSONResponse:
     runner = service.require_ready()
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         files = await read_files(request, service.limits)
-        images = await run_in_threadpool(decode_images, files, "files", runner.spec, service.limits)
+        images = await decode(len(files) == 1, decode_images, files, "files", runner.spec, service.limits)
     elif content_type in JSON_TYPES:
-        images = await run_in_threadpool(decode_v1_json, await request.body(), runner.spec, service.limits)
+        body = await request.body()
+        images = await decode(decodes_inline(len(body)), decode_v1_json, body, runner.spec, service.limits)
     else:
         raise InvalidInput(f"content-type {content_type!r} is not supported; send application/json or multipart/form-data")
     request.state.images = int(images.shape[0])
     result = await service.infer(key, images)
     document = {"model": service.name, "policy": runner.policy.public_config(),
                 "predictions": v1_predictions(result.released, runner.card.class_names)}
-    return JSONResponse(document, headers=budget_headers(result.budget_remaining))
+    return FastJSONResponse(document, headers=budget_headers(result.budget_remaining))
 
 
 async def read_files(request: Request, limits: InputLimits) -> list[bytes]:

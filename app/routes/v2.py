@@ -13,10 +13,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from app.codecs import BINARY_HEADER, V2_INPUT, decode_v2_request, v2_output_specs, v2_outputs
-from app.routes.deps import KeyId, ServiceDep, budget_headers
+from app.responses import FastJSONResponse
+from app.routes.deps import KeyId, ServiceDep, budget_headers, decode, decodes_inline
 from app.schemas import ErrorBody, InferenceResponse, ModelMetadata, ServerMetadata
 from app.service import MODEL_VERSION
 
@@ -80,15 +80,15 @@ async def model_ready(name: str, key: KeyId, service: ServiceDep, version: str |
              openapi_extra={"requestBody": INFER_BODY}, summary="Inference")
 @router.post("/models/{name}/versions/{version}/infer", response_model=InferenceResponse, responses=ERRORS,
              openapi_extra={"requestBody": INFER_BODY}, include_in_schema=False)
-async def infer(name: str, request: Request, key: KeyId, service: ServiceDep, version: str | None = None) -> JSONResponse:
+async def infer(name: str, request: Request, key: KeyId, service: ServiceDep, version: str | None = None) -> FastJSONResponse:
     service.require_model(name, version)
     runner = service.require_ready()
     body = await request.body()
-    decoded = await run_in_threadpool(decode_v2_request, body, request.headers.get(BINARY_HEADER), runner.spec, service.limits)
+    decoded = await decode(decodes_inline(len(body)), decode_v2_request, body, request.headers.get(BINARY_HEADER), runner.spec, service.limits)
     request.state.images = int(decoded.images.shape[0])
     result = await service.infer(key, decoded.images)
     document: dict[str, object] = {"model_name": service.name, "model_version": MODEL_VERSION}
     if decoded.id is not None:
         document["id"] = decoded.id
     document["outputs"] = v2_outputs(result.released, runner.num_classes, decoded.outputs)
-    return JSONResponse(document, headers=budget_headers(result.budget_remaining))
+    return FastJSONResponse(document, headers=budget_headers(result.budget_remaining))
