@@ -1,19 +1,28 @@
-"""Dynamic batching: concurrent requests merge into one forward pass.
+"""Dynamic batching: concurrent requests merge into one forward pass, behind a bounded queue.
 
-Requests queue whole (a request's images are never split across passes). A pass starts when the queued
-images reach ``max_batch_size`` or the oldest request has waited ``max_delay_s``, whichever comes first;
-a single request larger than ``max_batch_size`` runs alone. Forward passes run one at a time on a
-dedicated worker thread, so the event loop stays free; each request gets back exactly the rows of its
-own images, in order.
+Requests queue whole (a request's images are never split across passes). One worker thread runs the
+passes, one at a time, so the event loop stays free. When the worker is idle, a pass starts once the queued
+images reach ``max_batch_size`` or the oldest request has waited ``max_delay_s``, whichever comes first.
+The same rule holds when a pass ends, but then the oldest request has usually waited through that pass
+already, so the next pass takes whatever queued meanwhile at once: under load passes grow with the load,
+up to ``max_batch_size``, with no delay added. A single request larger than ``max_batch_size`` runs alone. Each request gets back exactly the rows
+of its own images, in order.
+
+Load shedding: a request whose images would take the queue past ``max_queue_images`` is refused at once
+with :class:`QueueFull` (an empty queue takes any request), instead of waiting without bound.
+
+Wake-ups are per pass, not per request: a submission wakes the worker only when it was idle or when the
+queue has just filled a batch, and the worker hands the results of a whole pass back to the event loop in
+one call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from torch import Tensor
@@ -37,92 +46,117 @@ class BatcherClosed(RuntimeError):
     """The batcher is stopping and takes no new requests."""
 
 
-class DynamicBatcher:
-    """Queue of image batches in front of one ``forward`` function.
+class QueueFull(RuntimeError):
+    """The queue holds ``queued`` images and cannot take ``requested`` more within ``limit``."""
 
-    ``forward`` maps a list of ``[B_i, ...]`` tensors to :class:`SparseLogits` with ``sum B_i`` rows, in order. With ``merge=False``
-    every request is its own forward pass (batching off).
+    def __init__(self, queued: int, requested: int, limit: int) -> None:
+        super().__init__(f"the queue holds {queued} images; {requested} more would pass its limit of {limit}")
+        self.queued, self.requested, self.limit = queued, requested, limit
+
+
+class DynamicBatcher:
+    """Queue of image batches in front of one ``forward`` function, run on a dedicated thread.
+
+    ``forward`` maps a list of ``[B_i, ...]`` tensors to :class:`SparseLogits` with ``sum B_i`` rows, in order.
+    With ``merge=False`` every request is its own forward pass (batching off). ``max_queue_images`` bounds the
+    images waiting (``None``: unbounded). ``observe`` is called on the worker thread after each pass.
     """
 
     def __init__(
         self, forward: Callable[[list[Tensor]], SparseLogits], *, max_batch_size: int, max_delay_s: float, merge: bool = True,
-        observe: BatchObserver | None = None,
+        max_queue_images: int | None = None, observe: BatchObserver | None = None,
     ) -> None:
         self._forward = forward
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.merge = merge
+        self.max_queue_images = max_queue_images
         self._observe = observe
         self._jobs: deque[_Job] = deque()
         self._queued_images = 0
-        self._arrived: asyncio.Event | None = None
-        self._closing = False
-        self._task: asyncio.Task[None] | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._changed = threading.Condition()
+        self._worker_idle = False  # waiting for a first request
+        self._worker_filling = False  # waiting for a batch to fill or the delay to run out
+        self._closing = True
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def queued_images(self) -> int:
         """Images waiting for a forward pass (not counting the pass in progress)."""
         return self._queued_images
 
+    def has_room(self, images: int) -> bool:
+        """Whether a request of ``images`` would be queued now (see :meth:`submit`)."""
+        limit = self.max_queue_images
+        return limit is None or self._queued_images == 0 or self._queued_images + images <= limit
+
     def start(self) -> None:
-        """Start the batching loop on the running event loop."""
-        self._arrived = asyncio.Event()
+        """Start the worker thread; results come back on the running event loop."""
+        self._loop = asyncio.get_running_loop()
         self._closing = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stingy-forward")
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="stingy-batcher")
+        self._thread = threading.Thread(target=self._work, name="stingy-forward", daemon=True)
+        self._thread.start()
 
     async def stop(self) -> None:
-        """Take no new requests, finish every queued one, then stop the loop and the worker thread."""
-        if self._task is None or self._arrived is None:
+        """Take no new requests, finish every queued one, then stop the worker thread."""
+        if self._thread is None:
             return
-        self._closing = True
-        self._arrived.set()
-        await self._task
-        self._task = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+        with self._changed:
+            self._closing = True
+            self._changed.notify()
+        thread, self._thread = self._thread, None
+        await asyncio.get_running_loop().run_in_executor(None, thread.join)
 
     async def submit(self, images: Tensor) -> SparseLogits:
-        """Queue ``images`` ``[B, ...]`` and wait for their ``B`` rows of released pairs."""
-        if self._closing or self._arrived is None:
-            raise BatcherClosed("the server is shutting down")
-        if images.shape[0] == 0:
+        """Queue ``images`` ``[B, ...]`` and wait for their ``B`` rows of released pairs.
+
+        Raises :class:`QueueFull` at once when the queue has no room for them (nothing is queued then), and
+        :class:`BatcherClosed` once :meth:`stop` has begun."""
+        count = int(images.shape[0])
+        if count == 0:
             raise ValueError("cannot submit an empty batch")
-        job = _Job(images, asyncio.get_running_loop().create_future())
-        self._jobs.append(job)
-        self._queued_images += len(job)
-        self._arrived.set()
+        with self._changed:
+            if self._closing or self._loop is None:
+                raise BatcherClosed("the server is shutting down")
+            if not self.has_room(count):
+                raise QueueFull(self._queued_images, count, self.max_queue_images or 0)
+            job = _Job(images, self._loop.create_future())
+            self._jobs.append(job)
+            self._queued_images += count
+            if self._worker_idle or (self._worker_filling and self._queued_images >= self.max_batch_size):
+                self._changed.notify()
         return await job.future
 
-    async def _run(self) -> None:
-        assert self._arrived is not None
-        loop = asyncio.get_running_loop()
-        while self._jobs or not self._closing:
-            if not self._jobs:
-                self._arrived.clear()
-                await self._arrived.wait()
-                continue
-            if self.merge:
-                await self._wait_for_more()
-            await self._execute(self._take(), loop)
+    # ---- the worker thread ---------------------------------------------------------------------------
 
-    async def _wait_for_more(self) -> None:
-        """Wait until the queue fills a batch or the oldest job's delay runs out."""
-        assert self._arrived is not None
+    def _work(self) -> None:
+        while True:
+            with self._changed:
+                while not self._jobs and not self._closing:
+                    self._worker_idle = True
+                    self._changed.wait()
+                self._worker_idle = False
+                if not self._jobs:  # closing, and the queue is drained
+                    return
+                if self.merge:
+                    self._wait_for_more()
+                jobs = self._take()
+            self._execute(jobs)
+
+    def _wait_for_more(self) -> None:
+        """With the lock held: wait until the queue fills a batch or the oldest job's delay runs out."""
         deadline = self._jobs[0].enqueued + self.max_delay_s
+        self._worker_filling = True
         while self._queued_images < self.max_batch_size and not self._closing:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except TimeoutError:
-                return
+                break
+            self._changed.wait(remaining)
+        self._worker_filling = False
 
     def _take(self) -> list[_Job]:
-        """The oldest job, plus (when merging) the following jobs that still fit ``max_batch_size``."""
+        """With the lock held: the oldest job, plus (when merging) the following jobs that fit ``max_batch_size``."""
         jobs = [self._jobs.popleft()]
         size = len(jobs[0])
         while self.merge and self._jobs and size + len(self._jobs[0]) <= self.max_batch_size:
@@ -131,21 +165,30 @@ class DynamicBatcher:
         self._queued_images -= size
         return jobs
 
-    async def _execute(self, jobs: list[_Job], loop: asyncio.AbstractEventLoop) -> None:
-        parts = [job.images for job in jobs]
+    def _execute(self, jobs: list[_Job]) -> None:
+        assert self._loop is not None
         began = time.perf_counter()
         try:
-            released = await loop.run_in_executor(self._executor, self._forward, parts)
+            released = self._forward([job.images for job in jobs])
         except Exception as error:  # the forward failed: every request in the pass gets the error
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(error)
+            self._loop.call_soon_threadsafe(_fail, jobs, error)
             return
         if self._observe is not None:
             self._observe(sum(len(job) for job in jobs), time.perf_counter() - began)
-        offset = 0
-        for job in jobs:
-            rows = slice(offset, offset + len(job))
-            offset += len(job)
-            if not job.future.done():  # a cancelled request simply drops its rows
-                job.future.set_result(SparseLogits(indices=released.indices[rows], values=released.values[rows]))
+        self._loop.call_soon_threadsafe(_deliver, jobs, released)
+
+
+def _deliver(jobs: list[_Job], released: SparseLogits) -> None:
+    """On the event loop: each job's rows of ``released``, in order."""
+    offset = 0
+    for job in jobs:
+        rows = slice(offset, offset + len(job))
+        offset += len(job)
+        if not job.future.done():  # a cancelled request simply drops its rows
+            job.future.set_result(SparseLogits(indices=released.indices[rows], values=released.values[rows]))
+
+
+def _fail(jobs: list[_Job], error: Exception) -> None:
+    for job in jobs:
+        if not job.future.done():
+            job.future.set_exception(error)

@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     batching.add_argument("--max-delay-ms", type=float, help="longest wait for requests to join a batch (default 2)")
     batching.add_argument("--no-batching", dest="batching", action="store_const", const=False,
                           help="one forward pass per request")
+    batching.add_argument("--max-queue-images", type=int,
+                          help="most images waiting for a forward pass; a request past it gets 503 at once (default 2048)")
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-body-bytes", type=int, help="largest request body (default 16 MiB)")
     limits.add_argument("--max-images-per-request", type=int, help="most images in one request (default 256)")

@@ -88,6 +88,16 @@ class NotReady(ServiceError):
     status, code = 503, "not_ready"
 
 
+class Overloaded(ServiceError):
+    """The batching queue is full (503, load shedding): refused at once, before the body is read or the
+    budget touched; ``Retry-After`` says in how many whole seconds to retry."""
+
+    status, code = 503, "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
 def error_response(status: int, message: str, code: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     """The one shape of every error body."""
     return JSONResponse({"error": message, "code": code}, status_code=status, headers=dict(headers or {}))

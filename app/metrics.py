@@ -39,6 +39,8 @@ class ServiceMetrics:
                                          buckets=LATENCY_BUCKETS, registry=self.registry)
         self.queue_depth = Gauge("stingy_queue_depth_images", "Images waiting for a forward pass.", registry=self.registry)
         self.queue_depth.set_function(queue_depth)
+        self.shed_requests = Counter("stingy_shed_requests", "Requests refused with 503 because the queue was full.",
+                                     registry=self.registry)
         self.images_served = Counter("stingy_images_served", "Images answered, by key id.", ["key"], registry=self.registry)
         self.budget_rejections = Counter("stingy_budget_rejections", "Requests refused for an exhausted budget, by key id.",
                                          ["key"], registry=self.registry)

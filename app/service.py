@@ -6,14 +6,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import NoReturn
 
 from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
 from app.access_log import AccessLog
-from app.batcher import BatcherClosed, DynamicBatcher
+from app.batcher import BatcherClosed, DynamicBatcher, QueueFull
 from app.codecs import InputLimits
-from app.errors import BudgetExhausted, NotFound, NotReady, RateLimited
+from app.errors import BudgetExhausted, NotFound, NotReady, Overloaded, RateLimited
 from app.listen import is_loopback
 from app.metrics import ServiceMetrics
 from app.runner import ModelRunner
@@ -84,7 +85,7 @@ class Service:
                            self.runner.policy.name, self.runner.num_classes)
         self.batcher = DynamicBatcher(self.runner.forward, max_batch_size=settings.max_batch_size,
                                       max_delay_s=settings.max_delay_ms / 1000.0, merge=settings.batching,
-                                      observe=self.metrics.observe_batch)
+                                      max_queue_images=settings.max_queue_images, observe=self.metrics.observe_batch)
         self.batcher.start()
         self._warmup = asyncio.get_running_loop().create_task(self._warm_up(), name="stingy-warmup")
 
@@ -120,10 +121,20 @@ class Service:
     # ---- per request ---------------------------------------------------------------------------------
 
     def require_ready(self) -> ModelRunner:
-        """The runner, or :class:`NotReady` while loading or warming up."""
+        """The runner, or :class:`NotReady` while loading or warming up, or :class:`Overloaded` (load shedding)
+        while the batching queue is full: inference routes call this before reading the body."""
         if not self.ready or self.runner is None:
             raise NotReady(self.warmup_error or "the model is loading or warming up; retry shortly")
+        self._require_room(1)
         return self.runner
+
+    def _require_room(self, images: int) -> None:
+        if self.batcher is not None and not self.batcher.has_room(images):
+            self._shed(f"the server is overloaded ({self.batcher.queued_images} images queued); retry shortly")
+
+    def _shed(self, message: str) -> NoReturn:
+        self.metrics.shed_requests.inc()
+        raise Overloaded(message)
 
     def require_model(self, name: str, version: str | None = None) -> ModelRunner:
         """The runner when ``name`` (and ``version``) is what this server serves, else :class:`NotFound`."""
@@ -159,11 +170,13 @@ class Service:
         """Reserve budget for the decoded ``images``, run them through the batcher, and count them as served.
 
         A request that does not fit the remaining budget is refused whole (nothing counted); a reservation
-        is given back if the server fails to answer.
+        is given back if the server fails to answer. A request that does not fit the batching queue is
+        refused with :class:`Overloaded` (503), with nothing counted.
         """
         runner = self.require_ready()
         runner.check_input(images)
         count = int(images.shape[0])
+        self._require_room(count)
         remaining = None
         if self.budget is not None:
             try:
@@ -179,6 +192,8 @@ class Service:
                 self.budget.refund(key_id, count)
             if isinstance(error, BatcherClosed):
                 raise NotReady("the server is shutting down") from None
+            if isinstance(error, QueueFull):
+                self._shed(f"the server is overloaded ({error}); retry shortly")
             raise
         self.metrics.images_served.labels(key_id).inc(count)
         return Inference(released, remaining)

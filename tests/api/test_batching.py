@@ -13,7 +13,8 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.batcher import BatcherClosed, DynamicBatcher
+from app.batcher import BatcherClosed, DynamicBatcher, QueueFull
+from app.runner import ModelRunner
 from defense import SparseLogits, make_policy
 from tests.api.conftest import Reference, make_settings, random_images, running_app
 
@@ -180,3 +181,83 @@ def test_a_failing_pass_fails_its_requests_and_the_batcher_goes_on() -> None:
         return result
 
     assert run(scenario()).indices.reshape(-1).tolist() == [5, 6]
+
+
+# ---- load shedding: a bounded queue, and 503 with Retry-After past it ---------------------------------------
+
+def test_a_full_queue_refuses_at_once_and_an_empty_one_takes_any_request() -> None:
+    gate = threading.Event()
+    forward = EchoForward(gate)
+
+    async def scenario() -> tuple[list[SparseLogits], QueueFull]:
+        batcher = DynamicBatcher(forward, max_batch_size=4, max_delay_s=0.0, max_queue_images=3)
+        batcher.start()
+        oversize = asyncio.ensure_future(batcher.submit(ids(0, 5)))  # more than the limit: taken, as the queue is empty
+        assert await asyncio.get_running_loop().run_in_executor(None, forward.entered.wait, 10)
+        queued = [asyncio.ensure_future(batcher.submit(ids(10 + i, 1))) for i in range(3)]
+        await asyncio.sleep(0)
+        assert batcher.queued_images == 3 and not batcher.has_room(1)
+        with pytest.raises(QueueFull) as refused:
+            await batcher.submit(ids(99, 1))
+        assert batcher.queued_images == 3  # nothing of the refused request was queued
+        gate.set()
+        results = await asyncio.gather(oversize, *queued)
+        await batcher.stop()
+        return results, refused.value
+
+    results, refused = run(scenario())
+    assert [r.indices.reshape(-1).tolist() for r in results] == [[0, 1, 2, 3, 4], [10], [11], [12]]
+    assert (refused.queued, refused.requested, refused.limit) == (3, 1, 3)
+    assert forward.passes == [[5], [1, 1, 1]]
+
+
+def test_the_server_sheds_load_with_503_and_retry_after_and_counts_nothing(
+        tiny_teacher: Path, tmp_path: Path, reference: Reference, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One request holds the (gated) forward pass, four fill a queue of four images; the next one gets 503
+    ``overloaded`` with ``Retry-After`` at once, its budget untouched; the queued ones then get their answers."""
+    gate = threading.Event()
+    gate.set()  # open for the warm-up pass
+    entered = threading.Event()
+    forward = ModelRunner.forward
+
+    def gated(self: ModelRunner, parts: list[torch.Tensor]) -> SparseLogits:
+        entered.set()
+        assert gate.wait(20)
+        return forward(self, parts)
+
+    monkeypatch.setattr(ModelRunner, "forward", gated)
+    settings = make_settings(tiny_teacher, tmp_path, policy="stingy", sparse_ratio=0.3, max_batch_size=8, max_delay_ms=0,
+                             max_queue_images=4, budget_images=100)
+    images = [random_images(1, seed=300 + i) for i in range(6)]
+
+    def body(i: int) -> dict[str, object]:
+        return {"inputs": [{"name": "images", "shape": [1, 1, 28, 28], "datatype": "UINT8", "data": images[i].reshape(-1).tolist()}]}
+
+    async def overload(client: httpx.AsyncClient) -> tuple[list[httpx.Response], httpx.Response]:
+        gate.clear()
+        entered.clear()
+        post = lambda i: client.post("/v2/models/teacher/infer", json=body(i))  # noqa: E731
+        first = asyncio.ensure_future(post(0))
+        assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 10)
+        queued = [asyncio.ensure_future(post(i)) for i in range(1, 5)]
+        while service.batcher.queued_images < 4:
+            await asyncio.sleep(0.01)
+        refused = await asyncio.wait_for(post(5), 5)  # at once, not after the queue
+        gate.set()
+        return await asyncio.gather(first, *queued), refused
+
+    with running_app(settings) as client:
+        service = client.service
+        answered, refused = client.run(overload)
+        metrics = client.get("/metrics").text
+        remaining = client.get("/v1/model").headers["X-Budget-Remaining"]
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["code"] == "overloaded" and refused.headers["Retry-After"] == "1"
+    for i, response in enumerate(answered):
+        assert response.status_code == 200, response.text
+        outputs = {output["name"]: output["data"] for output in response.json()["outputs"]}
+        assert outputs["topk_indices"] == reference.released(images[i], STINGY).indices.reshape(-1).tolist()
+    assert remaining == str(100 - 5)  # the refused request was never counted
+    shed = [sample.value for family in text_string_to_metric_families(metrics) if family.name == "stingy_shed_requests"
+            for sample in family.samples if sample.name == "stingy_shed_requests_total"]
+    assert shed == [1.0]
