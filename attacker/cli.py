@@ -124,6 +124,10 @@ def do_report(args: argparse.Namespace) -> dict[str, Any]:
         elif row["leakage"] is not None:
             print(f"{row['strategy']}: {row['student_accuracy']:.2f}% vs scratch {row['scratch_accuracy']:.2f}% "
                   f"-> leakage {row['leakage']:+.2f} pp")
+        elif row["student_accuracy"] is not None:
+            print(f"{row['strategy']}: {row['student_accuracy']:.2f}% vs scratch {row['scratch_accuracy']:.2f}%")
+    if report["warning"] is not None:
+        print(f"no leakage measured: {report['warning']}")
     print(f"report: {args.out / 'report.md'} ({args.out / 'report.json'}, {args.out / 'report.png'})")
     return report
 

@@ -5,7 +5,9 @@ architecture, training settings and stored responses), each with the fields DESI
 ``strategy``, ``queries``, ``student_arch``, ``student_accuracy``, ``scratch_accuracy`` and
 ``leakage = student_accuracy - scratch_accuracy`` (percentage points), plus ``diverged``,
 ``diverged_step``, ``max_grad_norm`` and ``seconds``. A diverged student has ``student_accuracy`` and
-``leakage`` ``null``: it is reported as diverged, never as a low accuracy.
+``leakage`` ``null``: it is reported as diverged, never as a low accuracy. A scratch baseline that learned
+nothing (:mod:`training.baseline`: below chance + 10 points) makes every ``leakage`` ``null`` too: the report
+then headlines no strategy and its ``warning`` says so and what to change.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from matplotlib import transforms
 from attacker.distill import finished_records
 from attacker.store import ResponseStore
 from attacker.strategies import STRATEGIES
+from training.baseline import baseline_learned, baseline_warning, chance_accuracy
 from training.benchmark.results import accuracy_of
 from training.io import atomic_path, atomic_write_json, atomic_write_text
 
 FORMAT = "stingy-teacher/attack-report/1"
 REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "report.png"
+REMEDY = "query more images (--budget, up to the whole split) or train the students longer (--epochs)"
 
 
 class ReportError(Exception):
@@ -49,7 +53,10 @@ def build_report(out: str | Path) -> dict[str, Any]:
             latest.pop(record["strategy"], None)
             latest[record["strategy"]] = record
     scratch_accuracy = _accuracy(scratch["result"])
-    rows = [_row(record, scratch_accuracy) for record in latest.values()]
+    num_classes = int(manifest["identity"]["num_classes"])
+    learned = scratch_accuracy is None or baseline_learned(scratch_accuracy, num_classes)  # a diverged one: no leakage anyway
+    warning = None if learned else baseline_warning("the scratch baseline", scratch_accuracy, num_classes, REMEDY)
+    rows = [_row(record, scratch_accuracy, learned) for record in latest.values()]
     best = max((row for row in rows if row["leakage"] is not None), key=lambda row: row["leakage"], default=None)
     sessions = manifest.get("sessions", [])
     return {
@@ -61,9 +68,11 @@ def build_report(out: str | Path) -> dict[str, Any]:
         "query_status": sessions[-1].get("status") if sessions else None,
         "server_top1_accuracy": scratch["server_top1_accuracy"],
         "student_arch": scratch["student_arch"], "train_config": scratch["config"],
-        "scratch": {"accuracy": scratch_accuracy, **_stability(scratch["result"])},
+        "scratch": {"accuracy": scratch_accuracy, "chance": round(chance_accuracy(num_classes), 4), "learned": learned,
+                    **_stability(scratch["result"])},
         "strategies": rows,
         "most_leaking": None if best is None else {key: best[key] for key in ("strategy", "leakage", "student_accuracy")},
+        "warning": warning,
     }
 
 
@@ -96,7 +105,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"matches the true label on {report['server_top1_accuracy']:.2f}% of them.",
         f"- Students: `{report['student_arch']}`, {config['epochs']} epochs, batch {config['batch_size']}, "
         f"{config['optimizer']} lr {config['lr']:g}, no augmentation; test accuracy on {report['dataset']}/{report['test_split']}.",
-        f"- Scratch baseline (same student, same images, true labels only): {_percent(scratch['accuracy'], scratch)}.",
+        f"- Scratch baseline (same student, same images, true labels only): {_percent(scratch['accuracy'], scratch)} "
+        f"(chance: {scratch['chance']:.2f}%).",
         "",
         "| strategy | student accuracy | scratch accuracy | leakage (pp) | queries | max grad norm | time |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -109,7 +119,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         )
     best = report["most_leaking"]
     lines += [""]
-    if best is not None:
+    if report["warning"] is not None:
+        lines.append(f"**No leakage is measured**: {report['warning']}.")
+    elif best is not None:
         lines.append(f"Most leakage: `{best['strategy']}`, {best['leakage']:+.2f} pp "
                      f"(student {best['student_accuracy']:.2f}% vs scratch {scratch['accuracy']:.2f}%).")
     else:
@@ -143,7 +155,9 @@ def compare(folders: Sequence[str | Path]) -> str:
     lines.append("")
     for label, report in zip(labels, reports):
         best = report["most_leaking"]
-        if best is not None:
+        if report["warning"] is not None:
+            lines.append(f"- No leakage is measured through the {label}: {report['warning']}.")
+        elif best is not None:
             lines.append(f"- Most leakage through the {label}: `{best['strategy']}`, student {best['student_accuracy']:.2f}%, "
                          f"{best['leakage']:+.2f} pp against scratch.")
     return "\n".join(lines) + "\n"
@@ -182,6 +196,9 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
     left.set_ylim(0, 100)
     left.set_ylabel("student test accuracy (%)")
     right.axhline(0, color="black", linewidth=0.8)
+    if report["warning"] is not None:
+        right.text(0.5, 0.5, "scratch baseline near chance:\nno leakage measured", transform=right.transAxes, ha="center",
+                   va="center", color="#7f7f7f", fontweight="bold")
     right.margins(y=0.2)
     right.set_ylabel("leakage: student - scratch (pp)")
     server = report["server"]
@@ -192,9 +209,11 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
     plt.close(figure)
 
 
-def _row(record: dict[str, Any], scratch_accuracy: float | None) -> dict[str, Any]:
+def _row(record: dict[str, Any], scratch_accuracy: float | None, learned: bool) -> dict[str, Any]:
+    """One strategy's row; ``leakage`` is null when either student diverged or the baseline did not learn."""
     student_accuracy = _accuracy(record["result"])
-    leakage = None if student_accuracy is None or scratch_accuracy is None else round(student_accuracy - scratch_accuracy, 4)
+    measured = learned and student_accuracy is not None and scratch_accuracy is not None
+    leakage = round(student_accuracy - scratch_accuracy, 4) if measured else None  # type: ignore[operator]
     return {
         "strategy": record["strategy"], "queries": record["queries"], "student_arch": record["student_arch"],
         "student_accuracy": student_accuracy, "scratch_accuracy": scratch_accuracy, "leakage": leakage,

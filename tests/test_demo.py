@@ -30,5 +30,7 @@ def test_the_demo_runs_and_reruns_over_its_own_output(tmp_path: Path) -> None:
     assert "accuracy with normal logits" in first and "a wrong key gets HTTP 401" in first
     assert "reusing the teacher trained before" in second and "--- the attacker against a stingy server ---" in second
     for output in outputs:
-        assert "| scratch (labels only) |" in output and "Most leakage through the stingy server" in output
+        assert "| scratch (labels only) |" in output
+        # 300 queries and 1 epoch may leave the scratch baseline near chance: then no leakage is headlined
+        assert "Most leakage through the stingy server" in output or "No leakage is measured through the stingy server" in output
         assert "budget left for this key: 999 images" in output  # each run starts its key with the whole budget

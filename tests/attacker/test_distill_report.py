@@ -140,6 +140,29 @@ def test_report_arithmetic_and_diverged_rendering_from_records(stored: Path, tmp
     assert (folder / "report.png").stat().st_size > 1000
 
 
+def test_no_leakage_is_headlined_against_a_baseline_near_chance(stored: Path, tmp_path: Path) -> None:
+    """The issue's case: scratch 15.74% on a 10-class task (chance 10%) and a strategy 46 points above it. The
+    rule (training.baseline): a baseline learned at chance + 10 points, here 20%."""
+    folder = copy_of(stored, tmp_path)
+    (folder / RESULTS).write_text("".join(json.dumps(diverged_record(*r)) + "\n" for r in (("scratch", 15.74), ("naive", 61.86))))
+    report = build_report(folder)
+    (row,) = report["strategies"]
+    assert row["student_accuracy"] == 61.86 and row["scratch_accuracy"] == 15.74 and row["leakage"] is None
+    assert report["most_leaking"] is None and report["scratch"]["learned"] is False and report["scratch"]["chance"] == 10.0
+    assert "15.74% (chance is 10.00% for 10 classes" in report["warning"] and "--budget" in report["warning"]
+    assert "--epochs" in report["warning"]
+    markdown = render_markdown(report)
+    assert "**No leakage is measured**: the scratch baseline reached only 15.74%" in markdown and "Most leakage" not in markdown
+    assert "| `naive` | 61.86% | 15.74% | n/a |" in markdown
+    table = compare([folder])
+    assert "No leakage is measured through the stingy server" in table and "Most leakage" not in table
+    assert "| `naive` | 61.86% |" in table
+    write_report(folder)  # the chart says so instead of drawing bars
+    (folder / RESULTS).write_text("".join(json.dumps(diverged_record(*r)) + "\n" for r in (("scratch", 20.0), ("naive", 61.86))))
+    learned = build_report(folder)
+    assert learned["warning"] is None and learned["most_leaking"]["leakage"] == pytest.approx(41.86)
+
+
 def test_compare_puts_attack_folders_side_by_side(stored: Path, tmp_path: Path) -> None:
     first, second = copy_of(stored, tmp_path / "a"), copy_of(stored, tmp_path / "b")
     (first / RESULTS).write_text("".join(json.dumps(diverged_record(*r)) + "\n" for r in (("scratch", 80.0), ("naive", 82.5))))

@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from training.benchmark.figures import all_figures
+from training.baseline import baseline_warning
 from training.benchmark.results import NORMAL, Results, accuracy_of, student_arch
 from training.io import atomic_write_text
 
 REPORT_FILE = "report.md"
 COLLAPSE_POINTS = 5.0  # a student this many points below its scratch baseline counts as collapsed
+REMEDY = "train longer (raise or drop --max-epochs) or on more images (raise or drop --train-subset)"
 
 
 def _fmt(value: float | None, reference: float | None = None, bold_below: bool = False) -> str:
@@ -40,10 +42,14 @@ def comparison_table(results: Results, teacher: str) -> str:
     normal_accuracy = normal_teacher["accuracy"]["normal"] if normal_teacher else None
 
     def baseline(student: str) -> float | None:
-        return normal_accuracy if student == "self" else accuracy_of(results.scratch(student))
+        return normal_accuracy if student == "self" else results.baseline(student)
+
+    def scratch_cell(student: str) -> str:
+        value = accuracy_of(results.scratch(student))
+        return _fmt(value) + (" (near chance)" if value is not None and results.baseline(student) is None else "")
 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines.append("| Student baseline | - | " + " | ".join("-" if s == "self" else _fmt(baseline(s)) for s in students) + " |")
+    lines.append("| Student baseline | - | " + " | ".join("-" if s == "self" else scratch_cell(s) for s in students) + " |")
     kinds: list[tuple[str, str, dict[str, Any], float | None]] = [("normal", teacher, NORMAL, normal_accuracy)]
     nasty = results.teacher(f"{teacher}-nasty")
     if nasty:
@@ -68,7 +74,7 @@ def stability_table(results: Results) -> str:
     for row in results.rows:
         if row["type"] != "student" or row["teacher"] is None or row["grad_clip"] is not None:
             continue
-        scratch = accuracy_of(results.scratch(row["student"]))
+        scratch = results.baseline(row["student"])
         value = accuracy_of(row)
         collapsed = row.get("diverged") or (value is not None and scratch is not None and value < scratch - COLLAPSE_POINTS)
         if not collapsed:
@@ -111,11 +117,13 @@ def findings(results: Results) -> list[str]:
         deltas = []
         for student in results.preset["students"]:
             arch = student_arch(student, teacher)
-            scratch, stingy = accuracy_of(results.scratch(arch)), results.kd(teacher, arch, results.stingy(), results.tau, grad_clip)
+            scratch, stingy = results.baseline(arch), results.kd(teacher, arch, results.stingy(), results.tau, grad_clip)
             if stingy is not None and stingy.get("diverged"):
                 deltas.append(f"{student}: diverged (step {stingy['diverged_step']})")
             elif scratch is not None and accuracy_of(stingy) is not None:
                 deltas.append(f"{student}: {accuracy_of(stingy) - scratch:+.2f}")
+            elif accuracy_of(results.scratch(arch)) is not None:
+                deltas.append(f"{student}: not measured (scratch baseline near chance)")
         attacker = f"attacker clipping at {grad_clip:g}" if grad_clip else "the paper's attacker"
         if deltas:
             out.append(f"(b) Stingy-KD student minus scratch student, {attacker} (points): " + ", ".join(deltas) + ".")
@@ -163,6 +171,17 @@ def findings(results: Results) -> list[str]:
     return out
 
 
+def baseline_warnings(results: Results) -> list[str]:
+    """One sentence per scratch student that learned nothing (:mod:`training.baseline`), saying what to change."""
+    classes = results.num_classes
+    out = []
+    for arch in dict.fromkeys(student_arch(s, t) for t in results.preset["teachers"] for s in results.preset["students"] if s != "self"):
+        value = accuracy_of(results.scratch(arch))
+        if classes is not None and value is not None and results.baseline(arch) is None:
+            out.append(baseline_warning(f"the scratch `{arch}` student", value, classes, REMEDY))
+    return out
+
+
 def write_report(folder: Path) -> Path:
     """Render ``folder/report.md`` and the figures beside it; returns the report's path."""
     results = Results.load(folder)
@@ -178,6 +197,9 @@ def write_report(folder: Path) -> Path:
         "", "Cells: student test accuracy (%), in brackets the difference to the student trained from scratch "
         "(for *Teacher self*, to the normal teacher); differences below -5 points in bold.", "",
     ]
+    warnings = baseline_warnings(results)
+    if warnings:
+        lines += ["**Baselines near chance: no difference is reported against them.**", ""] + [f"- {w}." for w in warnings] + [""]
     for teacher in preset["teachers"]:
         lines += [f"## Teacher {teacher}", "", comparison_table(results, teacher), ""]
     lines += ["## Stability of the collapsed students (claim f)", "", stability_table(results), "", "## Findings", ""]

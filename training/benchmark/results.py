@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training.baseline import baseline_learned
 from training.io import read_json_lines
 
 RESULTS_FILE = "results.jsonl"
@@ -35,6 +36,18 @@ class Results:
 
     def scratch(self, arch: str) -> dict[str, Any] | None:
         return next((r for r in self.rows if r["type"] == "student" and r["teacher"] is None and r["student"] == arch), None)
+
+    @property
+    def num_classes(self) -> int | None:
+        """K, from the first finished teacher's class names (None before any teacher finished)."""
+        return next((len(r["class_names"]) for r in self.rows if r["type"] == "teacher" and r.get("class_names")), None)
+
+    def baseline(self, arch: str) -> float | None:
+        """The scratch ``arch`` student's accuracy when it learned (:mod:`training.baseline`: at least chance + 10
+        points), else None: differences are measured only against a baseline that learned."""
+        accuracy = accuracy_of(self.scratch(arch))
+        classes = self.num_classes
+        return accuracy if classes is None or baseline_learned(accuracy, classes) else None
 
     def kd(self, teacher: str, student: str, policy: dict[str, Any], tau: float, clip: float | None = None) -> dict[str, Any] | None:
         """The distillation run with exactly these settings (``alpha`` is the preset's)."""

@@ -1,0 +1,45 @@
+"""The benchmark report against the recorded ``fmnist-cpu`` run (docs/results/fmnist-cpu): no difference is
+reported against a scratch baseline that learned nothing (training.baseline), and the report says what to change."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from training.benchmark.report import baseline_warnings, comparison_table, findings, stability_table
+from training.benchmark.results import PRESET_FILE, RESULTS_FILE, Results
+
+RECORDED = Path(__file__).resolve().parents[2] / "docs" / "results" / "fmnist-cpu"
+
+
+def _recorded(tmp_path: Path, mlp_scratch: float | None = None) -> Results:
+    """The recorded run, with the scratch ``mlp`` student's accuracy replaced by ``mlp_scratch`` when given."""
+    shutil.copy(RECORDED / PRESET_FILE, tmp_path / PRESET_FILE)
+    rows = [json.loads(line) for line in (RECORDED / RESULTS_FILE).read_text().splitlines()]
+    for row in rows:
+        if mlp_scratch is not None and row["key"] == "scratch/mlp":
+            row["test_accuracy"] = mlp_scratch
+    (tmp_path / RESULTS_FILE).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return Results.load(tmp_path)
+
+
+def test_the_recorded_baselines_learned(tmp_path: Path) -> None:
+    results = _recorded(tmp_path)
+    assert results.num_classes == 10 and baseline_warnings(results) == []
+    assert "mlp: -77.07" in " ".join(findings(results))  # the stingy-KD mlp student against its 87.07% baseline
+
+
+def test_no_difference_is_reported_against_a_baseline_near_chance(tmp_path: Path) -> None:
+    results = _recorded(tmp_path, mlp_scratch=15.74)  # chance is 10% for 10 classes: it learned nothing
+    (warning,) = baseline_warnings(results)
+    assert warning.startswith("the scratch `mlp` student reached only 15.74% (chance is 10.00% for 10 classes")
+    assert "--max-epochs" in warning and "--train-subset" in warning
+    table = comparison_table(results, "cnn_small")
+    assert "| Student baseline | - | 15.74 (near chance) | 86.74 | - |" in table
+    mlp_cells = [line.split(" | ")[2] for line in table.splitlines()[2:]]
+    assert all("(" not in cell or cell == "15.74 (near chance)" for cell in mlp_cells), mlp_cells  # accuracies, no deltas
+    assert "mlp: not measured (scratch baseline near chance)" in " ".join(findings(results))
+    mlp_rows = [line for line in stability_table(results).splitlines() if "/mlp/" in line]
+    assert mlp_rows and all("| diverged (step" in line for line in mlp_rows)  # only divergence: no collapse against it
+    assert "lenet5" in stability_table(results)  # the other students are judged as before
