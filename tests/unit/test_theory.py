@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from defense import make_policy, tempered_log_softmax, tempered_softmax
 from defense.theory import (
@@ -17,6 +18,7 @@ from defense.theory import (
     sparse_kd_weight,
     uniform_approximation,
 )
+from training.losses import kd_loss
 
 
 def _teacher(num_classes: int, seed: int = 0) -> torch.Tensor:
@@ -78,6 +80,22 @@ def test_uniform_approximation_sums_to_one() -> None:
         uniform_approximation(10, top1=0, epsilon=0.2)
 
 
-def test_eq5_weight_grows_as_ratio_shrinks() -> None:
-    assert sparse_kd_weight(0.9, 20.0, 0.1, 100) == pytest.approx(36.0)
-    assert sparse_kd_weight(0.9, 20.0, 0.05, 100) > sparse_kd_weight(0.9, 20.0, 0.1, 100)
+@pytest.mark.parametrize(("num_classes", "ratio", "alpha"), [(100, 0.1, 0.9), (100, 0.05, 0.9), (10, 0.2, 0.5), (200, 0.1, 0.9)])
+def test_eq5_weight_is_the_slope_of_the_kd_loss(num_classes: int, ratio: float, alpha: float) -> None:
+    """Eq. 5 against the KD loss itself (Eq. 1, ``training.losses.kd_loss``): with a stingy teacher at a large
+    tau, the distillation term is ``w * sum_{k in M} -log p_tau^S(k)`` plus a constant. The slope ``w`` is
+    measured as the change of the loss between two students over the change of that sum."""
+    tau = 1e4  # the teacher's soft probabilities on M then differ from 1 / N by about 3 / tau (logits of scale 3)
+    released = make_policy("stingy", sparse_ratio=ratio)(_teacher(num_classes))
+    kept = torch.isfinite(released)
+    labels = torch.zeros(64, dtype=torch.long)
+
+    def distillation_term(student: torch.Tensor) -> torch.Tensor:
+        return kd_loss(student, released, labels, tau, alpha) - (1.0 - alpha) * F.cross_entropy(student, labels)
+
+    def kept_sum(student: torch.Tensor) -> torch.Tensor:
+        return -tempered_log_softmax(student, tau).masked_fill(~kept, 0.0).sum(dim=-1).mean()
+
+    first, second = _teacher(num_classes, seed=1) * tau, _teacher(num_classes, seed=2) * tau
+    slope = (distillation_term(first) - distillation_term(second)) / (kept_sum(first) - kept_sum(second))
+    assert float(slope) == pytest.approx(sparse_kd_weight(alpha, tau, ratio, num_classes), rel=1e-3)
