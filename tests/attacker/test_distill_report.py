@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 from PIL import Image
 
 from attacker.distill import RESULTS, distill, load_transfer_set
@@ -17,7 +18,9 @@ from attacker.store import ResponseStore, StoreError
 from attacker.strategies import make_strategy
 from tests.attacker.conftest import FAST_RETRY
 from tests.attacker.fake_server import Knobs, create_app
-from training.engine import TrainConfig
+from training.checkpoint import load_checkpoint
+from training.data import load_dataset
+from training.engine import TrainConfig, predict_logits
 
 CONFIG = TrainConfig(epochs=1, batch_size=32, lr=0.05, milestones=(), device="cpu", amp=False, augment=False)
 ROW_FIELDS = {"strategy", "queries", "student_arch", "student_accuracy", "scratch_accuracy", "leakage"}
@@ -37,12 +40,19 @@ def copy_of(folder: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(folder, tmp_path / "attack"))
 
 
-def test_transfer_set_joins_responses_with_the_attackers_images_and_labels(stored: Path) -> None:
+def test_transfer_set_joins_responses_with_the_attackers_images_and_labels(stored: Path, tiny_teacher: Path) -> None:
     transfer = load_transfer_set(stored)
     assert transfer.queries == 300 and len(transfer.test) == 500
     assert transfer.released.shape == (300, 10)
     assert (transfer.released.isfinite().sum(dim=1) == 2).all()
-    assert 0.0 <= transfer.server_top1_accuracy <= 100.0
+    # The server's top-1 agreement with the true labels, recomputed from the teacher in-process on the queried images.
+    positions = ResponseStore(stored).responses().positions
+    train = load_dataset("synthetic", "train")
+    model, card = load_checkpoint(tiny_teacher, "cpu")
+    teacher_top1 = predict_logits(model, train.select(positions), card.mean, card.std, amp=False).argmax(dim=-1)
+    assert torch.equal(transfer.released.argmax(dim=-1), teacher_top1)
+    expected = 100.0 * int((teacher_top1 == train.labels[positions]).sum()) / len(positions)
+    assert transfer.server_top1_accuracy == pytest.approx(expected, abs=1e-9)
 
 
 @pytest.mark.slow
