@@ -63,8 +63,12 @@ def show_released_logits(checkpoint: Path, sparse_ratio: float, images: int) -> 
     normal, stingy = make_policy("normal"), make_policy("stingy", sparse_ratio=sparse_ratio)
     n = stingy.released_count(card.num_classes)
     print(f"teacher: {card.arch} on {card.dataset}, {len(test)} test images, K={card.num_classes}, stingy N={n} (r={sparse_ratio})")
-    print(f"  accuracy with normal logits: {accuracy(logits, test.labels, normal):.2f}%")
-    print(f"  accuracy with stingy logits: {accuracy(logits, test.labels, stingy):.2f}%   (Eq. 6 keeps the top-1: identical)")
+    normal_accuracy, stingy_accuracy = accuracy(logits, test.labels, normal), accuracy(logits, test.labels, stingy)
+    print(f"  accuracy with normal logits: {normal_accuracy:.2f}%")
+    print(f"  accuracy with stingy logits: {stingy_accuracy:.2f}%")
+    same_top1 = int((stingy(logits).argmax(dim=-1) == normal(logits).argmax(dim=-1)).sum())
+    verdict = "equal" if stingy_accuracy == normal_accuracy else f"not equal ({stingy_accuracy - normal_accuracy:+.2f} points)"
+    print(f"  stingy vs normal accuracy: {verdict}; the same top-1 class on {same_top1} of {len(test)} test images")
     names = card.class_names
     for index in range(images):
         raw = logits[index : index + 1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,10 @@ def test_the_demo_runs_and_reruns_over_its_own_output(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         outputs.append(done.stdout)
     first, second = outputs
-    assert "accuracy with normal logits" in first and "a wrong key gets HTTP 401" in first
+    assert "a wrong key gets HTTP 401" in first
+    normal, stingy = (float(re.search(rf"accuracy with {name} logits: ([0-9.]+)%", first)[1]) for name in ("normal", "stingy"))
+    assert normal == stingy > 10.0, "claim (a): the stingy logits keep the teacher's accuracy"
+    assert "stingy vs normal accuracy: equal; the same top-1 class on 10000 of 10000 test images" in first
     assert "reusing the teacher trained before" in second and "--- the attacker against a stingy server ---" in second
     for output in outputs:
         assert "| scratch (labels only) |" in output
