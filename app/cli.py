@@ -67,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     security.add_argument("--allow-anonymous", action="store_const", const=True,
                           help="serve without keys on a --host other machines can reach (anyone may then query the model)")
     security.add_argument("--budget-images", type=int, help="images each key may query in total (default unlimited)")
-    security.add_argument("--budget-db", type=Path, help="SQLite file keeping budget counts (default stingy-budget.sqlite3)")
+    security.add_argument("--budget-db", type=Path,
+                          help="SQLite file of budget counts and rate-limit buckets (default stingy-budget.sqlite3)")
+    security.add_argument("--state", help="where budgets and rate limits live: 'sqlite' (the --budget-db file, default) "
+                                          "or redis://host:port/db, shared by every server")
     security.add_argument("--rate-limit", type=float, help="requests per second per key (default unlimited)")
     security.add_argument("--rate-burst", type=int, help="token-bucket size (default ceil(rate limit))")
     security.add_argument("--auth-failure-rate", type=float,

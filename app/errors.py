@@ -98,6 +98,16 @@ class Overloaded(ServiceError):
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
+class StateUnavailable(ServiceError):
+    """The store of budgets and rate limits (SQLite file or Redis) cannot be reached (503, ``Retry-After: 1``);
+    nothing was counted for the request."""
+
+    status, code = 503, "state_unavailable"
+
+    def __init__(self, store: str) -> None:
+        super().__init__(f"the budget and rate-limit store ({store}) is unavailable; retry shortly", headers={"Retry-After": "1"})
+
+
 def error_response(status: int, message: str, code: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     """The one shape of every error body."""
     return JSONResponse({"error": message, "code": code}, status_code=status, headers=dict(headers or {}))

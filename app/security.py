@@ -1,4 +1,4 @@
-"""API keys, per-key query budgets (SQLite) and per-key token-bucket rate limits.
+"""API keys and per-key query budgets (counted in a shared :mod:`app.state` store).
 
 Keys are kept only as SHA-256 digests; a key is known in logs and metrics by its *key id*: its name
 (``name:secret`` entries) or ``key-`` and the first 8 hex digits of its digest, never the secret. With no
@@ -8,15 +8,11 @@ keys configured the service is open and every client shares the key id ``anonymo
 from __future__ import annotations
 
 import hashlib
-import math
-import sqlite3
-import threading
-import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from app.errors import BudgetExhausted, RateLimited, Unauthorized
+from app.errors import Unauthorized
+from app.state import Reservation, StateStore
 
 ANONYMOUS = "anonymous"
 UNAUTHENTICATED = "unauthenticated"  # the metrics label of refused failed authentications
@@ -77,106 +73,24 @@ class KeyRing:
         return key_id
 
 
-class BudgetStore:
-    """How many images each key has queried, in SQLite, against one ``limit`` per key.
+class Budget:
+    """Each key may query ``limit`` images in total, counted in a :class:`StateStore` that every server process
+    shares: a request's images are reserved whole or not at all, so concurrent requests never overspend."""
 
-    A reservation is a single ``UPDATE ... WHERE used + n <= limit`` in its own transaction, so concurrent
-    requests, threads and even processes sharing the file can never overspend; counts survive restarts.
-    """
-
-    def __init__(self, path: Path, limit: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, store: StateStore, limit: int) -> None:
+        self.store = store
         self.limit = limit
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS budget (key_id TEXT PRIMARY KEY, used INTEGER NOT NULL DEFAULT 0)")
 
-    def reserve(self, key_id: str, images: int) -> int:
-        """Count ``images`` against ``key_id`` and return what is left; raises :class:`BudgetExhausted`
-        (counting nothing) when they do not fit."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("INSERT OR IGNORE INTO budget (key_id, used) VALUES (?, 0)", (key_id,))
-                updated = self._db.execute(
-                    "UPDATE budget SET used = used + ? WHERE key_id = ? AND used + ? <= ?", (images, key_id, images, self.limit)
-                ).rowcount
-                used = self._used(key_id)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        if not updated:
-            raise BudgetExhausted(used, self.limit, images)
-        return self.limit - used
+    def reserve(self, key_id: str, images: int) -> Reservation:
+        """Count ``images`` against ``key_id``; raises :class:`app.errors.BudgetExhausted` (counting nothing) when they do not fit."""
+        return self.store.reserve(key_id, images, self.limit)
 
-    def refund(self, key_id: str, images: int) -> None:
+    def refund(self, reservation: Reservation) -> None:
         """Give back a reservation whose request failed on the server's side."""
-        with self._lock:
-            self._db.execute("UPDATE budget SET used = MAX(used - ?, 0) WHERE key_id = ?", (images, key_id))
+        self.store.refund(reservation)
 
     def used(self, key_id: str) -> int:
-        with self._lock:
-            return self._used(key_id)
+        return self.store.used(key_id)
 
     def remaining(self, key_id: str) -> int:
         return max(self.limit - self.used(key_id), 0)
-
-    def _used(self, key_id: str) -> int:
-        row = self._db.execute("SELECT used FROM budget WHERE key_id = ?", (key_id,)).fetchone()
-        return int(row[0]) if row else 0
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-
-@dataclass
-class _Bucket:
-    tokens: float
-    updated: float
-
-
-class RateLimiter:
-    """A token bucket per key: ``rate`` tokens per second, at most ``burst``; a request costs one.
-
-    At most ``max_keys`` buckets are kept (keys may be client addresses): when a new key would exceed that,
-    the buckets that have refilled are dropped (a full bucket is what a new key gets anyway), then, if
-    still too many, the least recently used one.
-    """
-
-    def __init__(self, rate: float, burst: int | None = None, clock: Callable[[], float] = time.monotonic,
-                 max_keys: int = 100_000) -> None:
-        if rate <= 0 or max_keys < 1:
-            raise ValueError("rate must be positive and max_keys at least 1")
-        self.rate = rate
-        self.burst = burst if burst is not None else max(1, math.ceil(rate))
-        self.max_keys = max_keys
-        self._clock = clock
-        self._buckets: dict[str, _Bucket] = {}
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._buckets)
-
-    def acquire(self, key_id: str) -> None:
-        """Take one token for ``key_id``; raises :class:`RateLimited` with the whole seconds until one is back."""
-        with self._lock:
-            now = self._clock()
-            if key_id not in self._buckets and len(self._buckets) >= self.max_keys:
-                self._make_room(now)
-            bucket = self._buckets.setdefault(key_id, _Bucket(float(self.burst), now))
-            bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.updated) * self.rate)
-            bucket.updated = now
-            if bucket.tokens >= 1.0:
-                bucket.tokens -= 1.0
-                return
-            wait = (1.0 - bucket.tokens) / self.rate
-        raise RateLimited(max(1, math.ceil(wait)))
-
-    def _make_room(self, now: float) -> None:
-        self._buckets = {key: b for key, b in self._buckets.items() if now - b.updated < (self.burst - b.tokens) / self.rate}
-        if len(self._buckets) >= self.max_keys:
-            del self._buckets[min(self._buckets, key=lambda key: self._buckets[key].updated)]

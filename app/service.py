@@ -18,8 +18,9 @@ from app.errors import BudgetExhausted, NotFound, NotReady, Overloaded, RateLimi
 from app.listen import is_loopback
 from app.metrics import ServiceMetrics
 from app.runner import ModelRunner
-from app.security import ANONYMOUS, UNAUTHENTICATED, BudgetStore, KeyRing, RateLimiter
+from app.security import ANONYMOUS, UNAUTHENTICATED, Budget, KeyRing
 from app.settings import ServeSettings
+from app.state import StateStore, TokenBucket, open_state
 from defense import SparseLogits
 
 logger = logging.getLogger("stingy.serve")
@@ -54,11 +55,12 @@ class Service:
         self.settings = settings = settings.model_copy(update={"api_keys": []})
         self.name = settings.served_name
         self.limits = InputLimits(settings.max_images_per_request, settings.max_image_pixels)
-        self.limiter = RateLimiter(settings.rate_limit, settings.rate_burst) if settings.rate_limit else None
-        self.auth_failures = RateLimiter(settings.auth_failure_rate, settings.auth_failure_burst)
+        self.key_bucket = TokenBucket.per_second("key", settings.rate_limit, settings.rate_burst) if settings.rate_limit else None
+        self.auth_failure_bucket = TokenBucket.per_second("auth-failure", settings.auth_failure_rate, settings.auth_failure_burst)
         self.metrics = ServiceMetrics(settings.max_batch_size, lambda: self.batcher.queued_images if self.batcher else 0)
         self.access_log = AccessLog(settings.access_log)
-        self.budget: BudgetStore | None = None
+        self.state: StateStore | None = None
+        self.budget: Budget | None = None
         self.runner: ModelRunner | None = None
         self.batcher: DynamicBatcher | None = None
         self.ready = False
@@ -74,8 +76,12 @@ class Service:
         self.runner = await run_in_threadpool(
             ModelRunner, settings.checkpoint, settings.release_policy, device=settings.device, max_batch_size=settings.max_batch_size
         )
+        if settings.budget_images is not None or self.key_bucket is not None or self.keys.enabled:
+            self.state = await run_in_threadpool(open_state, settings.state, settings.budget_db)
+            logger.info("budgets and rate limits in %s", self.state.kind)
         if settings.budget_images is not None:
-            self.budget = BudgetStore(settings.budget_db, settings.budget_images)
+            assert self.state is not None
+            self.budget = Budget(self.state, settings.budget_images)
         if not self.keys.enabled:
             logger.warning("NO API KEYS: anyone who can connect to %s:%d may query the model, unidentified and without a key "
                            "of their own (every client is %r and shares one budget and rate limit); set STINGY_API_KEYS or "
@@ -108,14 +114,14 @@ class Service:
         return self.ready
 
     async def stop(self) -> None:
-        """Stop taking requests, finish the queued ones, and close the budget store and the access log."""
+        """Stop taking requests, finish the queued ones, and close the state store and the access log."""
         self.ready = False
         if self._warmup is not None and not self._warmup.done():
             self._warmup.cancel()
         if self.batcher is not None:
             await self.batcher.stop()
-        if self.budget is not None:
-            self.budget.close()
+        if self.state is not None:
+            await run_in_threadpool(self.state.close)
         self.access_log.close()
 
     # ---- per request ---------------------------------------------------------------------------------
@@ -148,23 +154,26 @@ class Service:
 
     def limit_rate(self, key_id: str) -> None:
         """Take a rate-limit token for ``key_id`` (no-op without a limit); :class:`RateLimited` when out."""
-        if self.limiter is not None:
-            self._take_token(self.limiter, key_id, key_id)
+        if self.key_bucket is not None:
+            self._take_token(self.key_bucket, key_id, key_id)
 
     def limit_auth_failures(self, address: str) -> None:
         """Count a failed authentication from ``address``; :class:`RateLimited` once it fails faster than
         ``auth_failure_rate`` (guessing keys then costs time). Valid keys never pass here."""
-        self._take_token(self.auth_failures, address, UNAUTHENTICATED)
+        self._take_token(self.auth_failure_bucket, address, UNAUTHENTICATED)
 
-    def _take_token(self, limiter: RateLimiter, key: str, metrics_label: str) -> None:
+    def _take_token(self, bucket: TokenBucket, key: str, metrics_label: str) -> None:
+        """Blocking (a state-store call): run it off the event loop."""
+        assert self.state is not None, "the state store opens in start() whenever a rate limit or keys are set"
         try:
-            limiter.acquire(key)
+            self.state.take(bucket, key)
         except RateLimited:
             self.metrics.rate_limit_rejections.labels(metrics_label).inc()
             raise
 
-    def budget_remaining(self, key_id: str) -> int | None:
-        return None if self.budget is None else self.budget.remaining(key_id)
+    async def budget_remaining(self, key_id: str) -> int | None:
+        """What ``key_id`` has left, or None without budgets."""
+        return None if self.budget is None else await run_in_threadpool(self.budget.remaining, key_id)
 
     async def infer(self, key_id: str, images: Tensor) -> Inference:
         """Reserve budget for the decoded ``images``, run them through the batcher, and count them as served.
@@ -177,10 +186,10 @@ class Service:
         runner.check_input(images)
         count = int(images.shape[0])
         self._require_room(count)
-        remaining = None
+        reservation = None
         if self.budget is not None:
             try:
-                remaining = await run_in_threadpool(self.budget.reserve, key_id, count)
+                reservation = await run_in_threadpool(self.budget.reserve, key_id, count)
             except BudgetExhausted:
                 self.metrics.budget_rejections.labels(key_id).inc()
                 raise
@@ -188,12 +197,12 @@ class Service:
         try:
             released = await self.batcher.submit(images)
         except BaseException as error:
-            if self.budget is not None:
-                self.budget.refund(key_id, count)
+            if self.budget is not None and reservation is not None:
+                self.budget.refund(reservation)
             if isinstance(error, BatcherClosed):
                 raise NotReady("the server is shutting down") from None
             if isinstance(error, QueueFull):
                 self._shed(f"the server is overloaded ({error}); retry shortly")
             raise
         self.metrics.images_served.labels(key_id).inc(count)
-        return Inference(released, remaining)
+        return Inference(released, None if reservation is None else reservation.remaining)

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.state import check_state_url
 from defense import LogitPolicy, policy_from_fields
 from training.devices import resolve_device
 
@@ -37,6 +38,7 @@ class ServeSettings(BaseSettings):
     # network
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=256, description="server processes sharing the port, each with its own model copy")
     graceful_timeout_s: float = Field(30.0, gt=0, description="on SIGTERM, how long requests in flight may take")
     log_level: str = Field("info", pattern=r"^(critical|error|warning|info|debug)$")
     access_log: str = Field("-", description="JSON-lines access log file; '-' for standard output, '' for none")
@@ -59,7 +61,8 @@ class ServeSettings(BaseSettings):
     api_keys_file: Path | None = Field(None, description="file with one API key per line ('name:secret' or secret)")
     allow_anonymous: bool = Field(False, description="serve without API keys on an address other machines can reach")
     budget_images: int | None = Field(None, ge=0, description="images each key may query in total (unlimited if unset)")
-    budget_db: Path = Field(Path("stingy-budget.sqlite3"), description="SQLite file that keeps the budget counts")
+    budget_db: Path = Field(Path("stingy-budget.sqlite3"), description="SQLite file of budget counts and rate-limit buckets (state 'sqlite')")
+    state: str = Field("sqlite", description="where budgets and rate limits live: 'sqlite' (the budget_db file) or redis://host:port/db")
     rate_limit: float | None = Field(None, gt=0, description="requests per second per key (unlimited if unset)")
     rate_burst: int | None = Field(None, ge=1, description="token-bucket size (default: ceil(rate_limit))")
     auth_failure_rate: float = Field(1.0, gt=0, description="failed authentications per second per client address (with keys)")
@@ -73,6 +76,11 @@ class ServeSettings(BaseSettings):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("state")
+    @classmethod
+    def _check_state(cls, value: str) -> str:
+        return check_state_url(value)
 
     @field_validator("device")
     @classmethod

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sourced by demo.sh and test.sh: create .venv with Python 3.11, install the exact versions in requirements.lock
 # and then the project without resolving dependencies (again only when pyproject.toml or the lock changed), and
-# make sure the real Fashion-MNIST is installed where apt can install it.
+# define the helpers that install the real Fashion-MNIST and redis-server where apt can install them.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,17 +38,28 @@ if [ ! -f "$stamp" ]; then
   rm -f "$VENV"/.installed-* && touch "$stamp"
 fi
 
+# apt_install PACKAGE WHAT: install a Debian package where apt-get can (as root); fails otherwise.
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] || return 1
+  echo "==> installing $2 (apt-get install $1)"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1") >/dev/null
+}
+
 ensure_fashion_mnist() {
   [ -f "$FMNIST_DIR/t10k-images-idx3-ubyte.gz" ] && return 0
-  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    echo "==> installing Fashion-MNIST (apt-get install dataset-fashion-mnist)"
-    if (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null; then
-      return 0
-    fi
-  fi
+  apt_install dataset-fashion-mnist Fashion-MNIST && return 0
   echo "note: the real Fashion-MNIST is not installed in $FMNIST_DIR and apt-get could not install it here." >&2
   echo "      Install it with 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu), or use" >&2
   echo "      '--data-root DIR --download' with the stingy-* commands on a machine with a network." >&2
+  return 1
+}
+
+# The Redis tests (tests/state) start a real redis-server on 127.0.0.1.
+ensure_redis_server() {
+  command -v redis-server >/dev/null 2>&1 && return 0
+  apt_install redis-server redis-server && return 0
+  echo "note: redis-server is not installed and apt-get could not install it here;" >&2
+  echo "      install it with 'sudo apt-get install redis-server' (Debian/Ubuntu)." >&2
   return 1
 }
 

@@ -41,7 +41,7 @@ async def model_info(key: KeyId, service: ServiceDep) -> JSONResponse:
         "num_classes": card.num_classes, "class_names": list(card.class_names), "input_shape": list(runner.spec.shape),
         "policy": runner.policy.public_config(), "released_per_image": runner.released_count,
     }
-    return JSONResponse(document, headers=budget_headers(service.budget_remaining(key)))
+    return JSONResponse(document, headers=budget_headers(await service.budget_remaining(key)))
 
 
 @router.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra={"requestBody": PREDICT_BODY},

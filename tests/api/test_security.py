@@ -1,11 +1,10 @@
-"""API keys, query budgets, rate limits, the access log and the metrics."""
+"""API keys, query budgets, rate limits, the access log and the metrics (the state stores themselves: tests/state)."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,8 +12,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.errors import BudgetExhausted, RateLimited
-from app.security import BudgetStore, KeyRing, RateLimiter
+from app.security import KeyRing
 from tests.api.conftest import AppClient, make_settings, random_images, running_app
 
 ALICE, BARE, CAROL = "alice-secret-1", "bare-secret-2", "carol-secret-3"
@@ -124,30 +122,6 @@ def test_concurrent_requests_never_overspend_and_a_restart_keeps_the_count(tiny_
         assert restarted.post("/v1/predict", json=pixels(1), headers=bearer(ALICE)).status_code == 200
 
 
-def test_budget_store_is_atomic_across_threads_and_connections(tmp_path: Path) -> None:
-    stores = [BudgetStore(tmp_path / "budget.sqlite3", limit=100) for _ in range(2)]  # two connections, as two processes would
-    granted = []
-    lock = threading.Lock()
-
-    def spend(store: BudgetStore) -> None:
-        for _ in range(80):
-            try:
-                store.reserve("k", 1)
-            except BudgetExhausted:
-                continue
-            with lock:
-                granted.append(1)
-
-    threads = [threading.Thread(target=spend, args=(stores[i % 2],)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert len(granted) == 100 and stores[0].used("k") == 100 and stores[1].remaining("k") == 0
-    for store in stores:
-        store.close()
-
-
 def test_a_failed_forward_refunds_the_budget_and_answers_a_generic_500(tiny_teacher: Path, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     settings = make_settings(tiny_teacher, tmp_path, budget_images=5)
@@ -191,46 +165,6 @@ def test_failed_authentications_are_rate_limited_per_client_address(tiny_teacher
         assert client.get("/healthz").status_code == 200
         metrics = _samples(client.get("/metrics").text)
         assert metrics[("stingy_rate_limit_rejections_total", (("key", "unauthenticated"),))] == 1
-
-
-def test_rate_limiter_keeps_a_bounded_number_of_buckets() -> None:
-    now = [0.0]
-    limiter = RateLimiter(rate=1.0, burst=2, clock=lambda: now[0], max_keys=2)
-    limiter.acquire("a")
-    now[0] += 0.1
-    limiter.acquire("b")
-    limiter.acquire("b")
-    limiter.acquire("c")  # neither bucket has refilled: the least recently used ("a") goes
-    assert len(limiter) == 2
-    with pytest.raises(RateLimited):
-        limiter.acquire("b")  # b's bucket was kept, still empty
-    now[0] += 5.0  # every bucket refills
-    limiter.acquire("d")
-    assert len(limiter) == 1  # the refilled buckets were dropped; d is new
-    for _ in range(2):
-        limiter.acquire("b")  # b starts again from a full bucket, as it would have refilled
-
-
-def test_token_bucket_refills_at_the_rate() -> None:
-    now = [100.0]
-    limiter = RateLimiter(rate=2.0, burst=3, clock=lambda: now[0])
-    for _ in range(3):
-        limiter.acquire("k")
-    with pytest.raises(RateLimited) as error:
-        limiter.acquire("k")
-    assert error.value.headers == {"Retry-After": "1"}
-    now[0] += 0.5  # one token back
-    limiter.acquire("k")
-    now[0] += 10.0  # refills to the burst, not beyond
-    for _ in range(3):
-        limiter.acquire("k")
-    with pytest.raises(RateLimited):
-        limiter.acquire("k")
-    slow = RateLimiter(rate=0.1, clock=lambda: now[0])
-    slow.acquire("k")
-    with pytest.raises(RateLimited) as error:
-        slow.acquire("k")
-    assert error.value.headers == {"Retry-After": "10"}
 
 
 # ---- access log and metrics ----------------------------------------------------------------------------
