@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from attacker.client import BudgetExhausted, PayloadTooLarge, RetryPolicy, ServerInfo, TeacherClient, check_client_options
 from attacker.store import ResponseStore, to_ranges
 from training.data import ImageDataset, load_dataset, subset_positions
-from training.engine import progress_enabled
+from training.progress import progress_enabled
 
 
 class TargetMismatch(ValueError):

@@ -26,7 +26,7 @@ from attacker.distill import finished_records
 from attacker.store import ResponseStore
 from attacker.strategies import STRATEGIES
 from training.baseline import baseline_learned, baseline_warning, chance_accuracy
-from training.benchmark.results import accuracy_of
+from training.engine import accuracy_of
 from training.io import atomic_path, atomic_write_json, atomic_write_text
 
 FORMAT = "stingy-teacher/attack-report/1"

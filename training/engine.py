@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -27,6 +26,7 @@ from training.data import Batch, ImageDataset
 from training.devices import autocast_for, prepare_inputs, resolve_device
 from training.io import append_json_line, atomic_path, read_json_lines
 from training.objectives import Objective
+from training.progress import progress_enabled
 
 STATE_FILE = "state.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -90,9 +90,11 @@ class FitResult:
         }
 
 
-def progress_enabled() -> bool:
-    """Progress bars unless ``STINGY_PROGRESS=0``."""
-    return os.environ.get("STINGY_PROGRESS", "1") != "0"
+def accuracy_of(row: dict[str, Any] | None) -> float | None:
+    """The test accuracy of a run's :meth:`FitResult.summary` record (``result.json``), or None when missing or diverged (a diverged run has no accuracy to compare)."""
+    if row is None or row.get("diverged") or row.get("test_accuracy") is None:
+        return None
+    return float(row["test_accuracy"])
 
 
 def predict_logits(

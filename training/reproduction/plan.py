@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from defense import make_policy
-from training.benchmark.presets import NastySettings, Preset
-from training.benchmark.results import student_arch
+from training.reproduction.presets import NastySettings, Preset
+from training.reproduction.results import student_arch
 from training.engine import TrainConfig
 
 @dataclass(frozen=True)

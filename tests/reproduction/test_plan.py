@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from training.benchmark.plan import StudentRun, TeacherRun, plan
-from training.benchmark.presets import PRESETS
+from training.reproduction.plan import StudentRun, TeacherRun, plan
+from training.reproduction.presets import PRESETS
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -7,8 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
-from training.benchmark.report import baseline_warnings, comparison_table, findings, stability_table
-from training.benchmark.results import PRESET_FILE, RESULTS_FILE, Results
+from training.reproduction.report import baseline_warnings, comparison_table, findings, stability_table
+from training.reproduction.results import PRESET_FILE, RESULTS_FILE, Results
 
 RECORDED = Path(__file__).resolve().parents[2] / "docs" / "results" / "fmnist-cpu"
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.datasets import write_cifar
-from training.benchmark.cli import main
-from training.benchmark.plan import plan
-from training.benchmark.presets import PRESETS
+from training.reproduction.cli import main
+from training.reproduction.plan import plan
+from training.reproduction.presets import PRESETS
 from training.io import read_json_lines
 
 pytestmark = pytest.mark.slow

@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from training.benchmark.figures import all_figures
 from training.baseline import baseline_warning
-from training.benchmark.results import NORMAL, Results, accuracy_of, student_arch
+from training.engine import accuracy_of
+from training.reproduction.figures import all_figures
+from training.reproduction.results import NORMAL, Results, student_arch
 from training.io import atomic_write_text
 
 REPORT_FILE = "report.md"

@@ -11,11 +11,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from training.benchmark.plan import plan
-from training.benchmark.presets import PRESETS
-from training.benchmark.report import write_report
-from training.benchmark.results import BenchmarkError
-from training.benchmark.runner import run_benchmark
+from training.reproduction.plan import plan
+from training.reproduction.presets import PRESETS
+from training.reproduction.report import write_report
+from training.reproduction.results import BenchmarkError
+from training.reproduction.runner import run_benchmark
 from training.console import EXIT_USAGE, ErrorExit, run_command
 
 

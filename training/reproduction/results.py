@@ -82,9 +82,3 @@ def student_arch(student: str, teacher_arch: str) -> str:
     """The architecture a preset's student entry names: ``"self"`` is the teacher's own."""
     return teacher_arch if student == "self" else student
 
-
-def accuracy_of(row: dict[str, Any] | None) -> float | None:
-    """A run's test accuracy, or None when missing or diverged (a diverged run has no accuracy to compare)."""
-    if row is None or row.get("diverged") or row.get("test_accuracy") is None:
-        return None
-    return float(row["test_accuracy"])

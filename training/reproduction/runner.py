@@ -12,9 +12,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from defense import make_policy
-from training.benchmark.plan import Run, StudentRun, TeacherRun, plan, slug
-from training.benchmark.presets import Preset
-from training.benchmark.results import PRESET_FILE, RESULTS_FILE, BenchmarkError
+from training.reproduction.plan import Run, StudentRun, TeacherRun, plan, slug
+from training.reproduction.presets import Preset
+from training.reproduction.results import PRESET_FILE, RESULTS_FILE, BenchmarkError
 from training.checkpoint import ModelCard, load_checkpoint
 from training.data import load_dataset
 from training.devices import resolve_device
