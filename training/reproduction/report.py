@@ -8,9 +8,9 @@ from typing import Any
 
 from training.baseline import baseline_warning
 from training.engine import accuracy_of
+from training.io import atomic_write_text
 from training.reproduction.figures import all_figures
 from training.reproduction.results import NORMAL, Results, student_arch
-from training.io import atomic_write_text
 
 REPORT_FILE = "report.md"
 COLLAPSE_POINTS = 5.0  # a student this many points below its scratch baseline counts as collapsed
