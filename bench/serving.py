@@ -1,189 +1,235 @@
-"""Serving throughput and latency (a benchmark, not a test).
+"""Serving benchmark (not a test): the API through a real ``stingy-serve`` process against the model's
+in-process ceiling, measured in one run.
 
-Sends v2 inference requests (UINT8 as JSON numbers, or raw bytes with ``--binary``; ``--images`` images each) from ``--concurrency`` concurrent
-clients and prints per setting: images/s, the clients' latency percentiles, the server's own mean latency
-per infer (``/metrics``: from the request reaching the app to its answer, so the difference is time spent
-waiting in sockets and the event loop before the app sees a request) and the mean forward-pass size.
+    python -m bench.serving                      # cnn (1x28x28) and resnetc20 (3x32x32), random weights
+    python -m bench.serving --quick              # 2 s per setting, 1 and 64 clients: a few minutes
+    python -m bench.serving --models cnn --formats v2-json --clients 64 --duration 10
 
-    python -m bench.serving --checkpoint runs/teacher/teacher.safetensors   # starts servers: batching on, off
-    python -m bench.serving --arch resnetc20 --image-size 32 --channels 3     # same, random weights
-    python -m bench.serving --url http://127.0.0.1:8000 --api-key KEY        # a live server, as it is
+For each model: the ceiling (:mod:`bench.ceiling`: normalise + forward + stingy policy in process, batch 1,
+32 and 256, and the policy's share of the forward at batch 32); then one server (the stingy
+policy, ``--device``, defaults otherwise) loaded by ``hey`` (``apt-get install hey``) at each number of concurrent
+clients, one image per request and 256 per request, as v2 JSON numbers, v2 binary tensor data and v1 PNG
+uploads. Per setting: answered images/s, p50/p99 latency, 503s (load shed), mean images per forward pass
+(from the server's ``/metrics``), CPU seconds per second of server and client, and API / ceiling (the
+batch-32 ceiling for one-image requests, batch-256 for 256-image requests). Then the targets of issue 11,
+met or not. Raw records: ``OUT/serving.json`` and ``OUT/serving.txt``.
 
-Run from the repository root. Client and servers share this machine's CPUs: read the numbers as relative.
+Client and server share this machine's CPUs (see the CPU columns); ``--server-cpus``/``--client-cpus``
+pin them with ``taskset``.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import statistics
+import os
+import platform
+import subprocess
+import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.launch import running_server
-from training.checkpoint import ModelCard, save_checkpoint
-from training.models import create_model
+from app.launch import free_port, running_process
+from bench.ceiling import Ceiling, measure_ceiling, random_checkpoint
+from bench.loadgen import FORMATS, LoadGeneratorMissing, make_body, pinned, process_cpu_seconds, require_hey, run_hey
+
+MODELS = {"cnn": (1, 28, 10), "resnetc20": (3, 32, 10), "resnet18": (3, 32, 100)}  # channels, image size, classes
+CEILING_BATCHES = (1, 32, 256)
+POLICY_BATCH = 32
 
 
 @dataclass
-class Result:
-    setting: str
-    concurrency: int
+class Row:
+    model: str
+    format: str
+    images_per_request: int
+    clients: int
     requests: int
+    answered: int
+    shed: int
     images_per_s: float
     p50_ms: float
-    p95_ms: float
     p99_ms: float
-    server_mean_ms: float
-    mean_batch: float
+    mean_images_per_forward: float
+    server_cpu: float  # CPU seconds per wall second
+    client_cpu: float
+    api_over_ceiling: float
 
-    def row(self) -> str:
-        return (f"| {self.setting} | {self.concurrency} | {self.requests} | {self.images_per_s:.0f} | {self.p50_ms:.1f} | "
-                f"{self.p95_ms:.1f} | {self.p99_ms:.1f} | {self.server_mean_ms:.1f} | {self.mean_batch:.1f} |")
-
-
-HEADER = ("| setting | concurrency | requests | images/s | p50 ms | p95 ms | p99 ms | server mean ms | mean images per forward |\n"
-          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-
-
-def random_checkpoint(folder: Path, arch: str, channels: int, image_size: int, classes: int) -> Path:
-    """A checkpoint of ``arch`` with random weights (throughput does not depend on what the weights are)."""
-    torch.manual_seed(0)
-    model = create_model(arch, classes, channels, image_size)
-    card = ModelCard(arch=arch, num_classes=classes, in_channels=channels, image_size=image_size, mean=(0.5,) * channels,
-                     std=(0.25,) * channels, class_names=tuple(f"class_{i}" for i in range(classes)), dataset="random")
-    path = folder / f"{arch}.safetensors"
-    save_checkpoint(path, model, card)
-    return path
+    def line(self) -> str:
+        return (f"| {self.model} | {self.format} | {self.images_per_request} | {self.clients} | {self.answered} | {self.shed} | "
+                f"{self.images_per_s:.0f} | {self.p50_ms:.1f} | {self.p99_ms:.1f} | {self.mean_images_per_forward:.1f} | "
+                f"{self.server_cpu:.2f} | {self.client_cpu:.2f} | {self.api_over_ceiling:.2f} |")
 
 
-INFER_ROUTE = "/v2/models/{name}/infer"
+HEADER = ("| model | format | images/request | clients | answered | 503 | images/s | p50 ms | p99 ms | images/forward | "
+          "server CPU | client CPU | API / ceiling |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 
 
-@dataclass
-class ServerCounters:
-    """Cumulative ``/metrics`` counters: images and forward passes, and seconds and count of answered v2 infers."""
-
-    images: float = 0.0
-    passes: float = 0.0
-    infer_seconds: float = 0.0
-    infers: float = 0.0
-
-    def __sub__(self, other: ServerCounters) -> ServerCounters:
-        return ServerCounters(self.images - other.images, self.passes - other.passes,
-                              self.infer_seconds - other.infer_seconds, self.infers - other.infers)
-
-
-async def _server_counters(client: httpx.AsyncClient) -> ServerCounters:
-    counters = ServerCounters()
-    for family in text_string_to_metric_families((await client.get("/metrics")).text):
+def _batch_counters(url: str) -> tuple[float, float]:
+    """(images, forward passes) so far, from ``/metrics``."""
+    images = passes = 0.0
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=30).text):
         for sample in family.samples:
             if sample.name == "stingy_batch_size_images_sum":
-                counters.images = sample.value
+                images = sample.value
             elif sample.name == "stingy_batch_size_images_count":
-                counters.passes = sample.value
-            elif sample.labels.get("route") == INFER_ROUTE and sample.labels.get("status") == "200":
-                if sample.name == "stingy_request_duration_seconds_sum":
-                    counters.infer_seconds = sample.value
-                elif sample.name == "stingy_request_duration_seconds_count":
-                    counters.infers = sample.value
-    return counters
+                passes = sample.value
+    return images, passes
 
 
-def infer_body(pixels: torch.Tensor, binary: bool) -> tuple[bytes, dict[str, str]]:
-    """A v2 infer body and its headers for ``uint8`` ``pixels``: JSON numbers, or (``binary``) a JSON header
-    followed by the raw bytes, as Triton's client sends them (``Inference-Header-Content-Length``)."""
-    tensor: dict[str, object] = {"name": "images", "shape": list(pixels.shape), "datatype": "UINT8"}
-    if binary:
-        tensor["parameters"] = {"binary_data_size": pixels.numel()}
-    else:
-        tensor["data"] = pixels.reshape(-1).tolist()
-    header = json.dumps({"inputs": [tensor], "outputs": [{"name": "topk_indices"}, {"name": "topk_logits"}]}).encode()
-    if not binary:
-        return header, {"content-type": "application/json"}
-    return header + pixels.numpy().tobytes(), {"content-type": "application/octet-stream", "inference-header-content-length": str(len(header))}
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages (``uptime``), which say how busy the machine was."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-async def measure(url: str, headers: dict[str, str], setting: str, concurrency: int, requests: int, images: int,
-                  binary: bool = False) -> Result:
-    """``requests`` inference requests from ``concurrency`` workers against ``url``."""
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120,
-                                 limits=httpx.Limits(max_connections=concurrency + 1)) as client:
-        model = (await client.get("/v1/model")).json()
-        shape = [images, *model["input_shape"]]
-        pixels = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-        body, send_headers = infer_body(pixels, binary)
-        path = f"/v2/models/{model['name']}/infer"
-        for _ in range(min(requests, 2 * concurrency)):  # warm the connections and the server
-            (await client.post(path, content=body, headers=send_headers)).raise_for_status()
-        before = await _server_counters(client)
-        latencies: list[float] = []
-        remaining = requests
+def measure_model(model: str, args: argparse.Namespace, scratch: Path, report: list[str]) -> dict[str, object]:
+    channels, size, classes = MODELS[model]
+    checkpoint = random_checkpoint(scratch, model, channels, size, classes)
+    say(report, f"\n## {model} ({channels}x{size}x{size}, random weights), load average {load_average()}\n")
+    ceiling = describe_ceiling(report, "before the load", measure_ceiling(
+        checkpoint, CEILING_BATCHES, POLICY_BATCH, args.ceiling_seconds, device=args.device))
+    say(report, "\n(API / ceiling against the ceiling before the load)\n" + HEADER)
+    rows: list[Row] = []
+    port = free_port()
+    command = pinned([sys.executable, "-m", "app.cli", "--host", "127.0.0.1", "--port", str(port), "--checkpoint", str(checkpoint),
+                      "--device", args.device, "--sparse-ratio", "0.2", "--access-log", "", "--log-level", "warning", *args.server_arg],
+                     args.server_cpus)
+    with running_process(command, port, log_dir=scratch, cwd=scratch) as server:
+        generator = torch.Generator().manual_seed(0)
+        for per_request in args.images:
+            pixels = torch.randint(0, 256, (per_request, channels, size, size), dtype=torch.uint8, generator=generator)
+            reference = ceiling.images_per_s[32 if per_request == 1 else 256]
+            for fmt in args.formats:
+                body = make_body(fmt, model, pixels)
+                for clients in args.clients:
+                    images_before, passes_before = _batch_counters(server.url)
+                    cpu_before = process_cpu_seconds(server.process.pid)
+                    load = run_hey(server.url, body, clients, args.duration, args.client_cpus)
+                    server_cpu = process_cpu_seconds(server.process.pid) - cpu_before
+                    images_after, passes_after = _batch_counters(server.url)
+                    rate = load.ok * per_request / load.wall_s
+                    row = Row(model, fmt, per_request, clients, load.requests, load.ok, load.statuses.get("503", 0), rate,
+                              load.p50_ms, load.p99_ms, (images_after - images_before) / max(passes_after - passes_before, 1),
+                              server_cpu / load.wall_s, load.client_cpu_s / load.wall_s, rate / reference)
+                    unexpected = {status: n for status, n in load.statuses.items() if status not in ("200", "503")}
+                    if unexpected:
+                        raise RuntimeError(f"{model} {fmt}: unexpected answers {unexpected}; server log:\n{server.output()[-2000:]}")
+                    rows.append(row)
+                    say(report, row.line())
+                    time.sleep(args.pause)
+    say(report, "")
+    again = describe_ceiling(report, "after the load", measure_ceiling(
+        checkpoint, CEILING_BATCHES, POLICY_BATCH, args.ceiling_seconds, device=args.device))
+    best = ceiling.best(again)
+    for row in rows:  # API / the better of the two ceilings
+        row.api_over_ceiling = row.images_per_s / best.images_per_s[32 if row.images_per_request == 1 else 256]
+    say(report, f"\n{model}, API / ceiling against the better of the two ceilings:\n\n{HEADER}")
+    for row in rows:
+        say(report, row.line())
+    return {"model": model, "input": [channels, size, size], "ceiling_before": asdict(ceiling), "ceiling_after": asdict(again),
+            "ceiling": asdict(best), "rows": [asdict(row) for row in rows], "targets": targets(model, best, rows)}
 
-        async def worker() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                began = time.perf_counter()
-                response = await client.post(path, content=body, headers=send_headers)
-                response.raise_for_status()
-                latencies.append(time.perf_counter() - began)
 
-        began = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - began
-        counted = await _server_counters(client) - before
-    cuts = statistics.quantiles(latencies, n=100)
-    return Result(setting, concurrency, requests, requests * images / wall, 1000 * cuts[49], 1000 * cuts[94], 1000 * cuts[98],
-                  1000 * counted.infer_seconds / max(counted.infers, 1), counted.images / max(counted.passes, 1))
+def describe_ceiling(report: list[str], when: str, ceiling: Ceiling) -> Ceiling:
+    say(report, f"ceiling {when} (in process: normalise + forward + stingy policy): " + ", ".join(
+        f"batch {b}: {rate:.0f} images/s" for b, rate in ceiling.images_per_s.items())
+        + f"; stingy policy at batch {ceiling.policy_batch}: {ceiling.policy_ms:.3f} ms of a {ceiling.forward_ms:.2f} ms "
+          f"model forward ({100 * ceiling.policy_share:.2f}%); load average {load_average()}")
+    return ceiling
 
 
-def run_levels(url: str, headers: dict[str, str], setting: str, args: argparse.Namespace) -> list[Result]:
-    results = []
-    setting = f"{setting}, binary" if args.binary else setting
-    for concurrency in args.concurrency:
-        result = asyncio.run(measure(url, headers, setting, concurrency, args.requests, args.images, args.binary))
-        print(result.row(), flush=True)
-        results.append(result)
-    return results
+def targets(model: str, ceiling: Ceiling, rows: list[Row]) -> list[dict[str, object]]:
+    """Issue 11's targets for ``model``, per input format, from this run's rows (those measured)."""
+    found = []
+
+    def row(fmt: str, per_request: int, clients: int | None) -> Row | None:
+        matches = [r for r in rows if r.format == fmt and r.images_per_request == per_request
+                   and (clients is None or r.clients == clients)]
+        return max(matches, key=lambda r: r.images_per_s) if matches else None
+
+    for fmt in FORMATS:
+        one = row(fmt, 1, 64)
+        if one is not None and model == "cnn":
+            found.append({"target": "cnn, 64 one-image clients: API >= 0.5 of the batch-32 ceiling", "format": fmt,
+                          "value": round(one.api_over_ceiling, 3), "met": one.api_over_ceiling >= 0.5})
+            tail = one.p99_ms / one.p50_ms
+            found.append({"target": "cnn, 64 one-image clients: p99 <= 4 x p50", "format": fmt, "value": round(tail, 2), "met": tail <= 4})
+        if one is not None and model == "resnetc20":
+            found.append({"target": "resnetc20, 64 one-image clients: API >= 0.9 of the batch-32 ceiling", "format": fmt,
+                          "value": round(one.api_over_ceiling, 3), "met": one.api_over_ceiling >= 0.9})
+        bulk = row(fmt, 256, None)
+        if bulk is not None and model == "cnn":
+            found.append({"target": f"cnn, 256-image requests (best: {bulk.clients} clients): API >= 0.9 of the batch-256 ceiling",
+                          "format": fmt, "value": round(bulk.api_over_ceiling, 3), "met": bulk.api_over_ceiling >= 0.9})
+    found.append({"target": f"{model}: stingy policy <= 2% of the forward at batch {POLICY_BATCH}", "format": "in process",
+                  "value": round(ceiling.policy_share, 4), "met": ceiling.policy_share <= 0.02})
+    return found
+
+
+def say(report: list[str], line: str) -> None:
+    print(line, flush=True)
+    report.append(line)
+
+
+def machine() -> dict[str, object]:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
+    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform(), "commit": commit or "unknown"}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["cnn", "resnetc20"])
+    parser.add_argument("--device", default="cpu", help="where the server and the ceiling run: cpu, cuda, ...")
+    parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS))
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64, 128], help="concurrent clients")
+    parser.add_argument("--images", type=int, nargs="+", default=[1, 256], help="images per request")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds of load per setting")
+    parser.add_argument("--ceiling-seconds", type=float, default=3.0, help="seconds per ceiling measurement")
+    parser.add_argument("--pause", type=float, default=0.5, help="seconds between settings (the queue drains)")
+    parser.add_argument("--quick", action="store_true", help="2 s per setting, 1 and 64 clients, 1 s ceilings")
+    parser.add_argument("--server-cpus", help="taskset CPU list for the server, e.g. 0")
+    parser.add_argument("--client-cpus", help="taskset CPU list for hey, e.g. 1")
+    parser.add_argument("--server-arg", action="append", default=[], help="extra stingy-serve argument (repeat)")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-serving"), help="folder for serving.json and serving.txt")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.ceiling_seconds, args.clients = 2.0, 1.0, [1, 64]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    target = parser.add_mutually_exclusive_group()
-    target.add_argument("--url", help="benchmark this running server as it is configured")
-    target.add_argument("--checkpoint", type=Path, help="start servers for this checkpoint (batching on, then off)")
-    parser.add_argument("--arch", default="cnn_small", help="without --url/--checkpoint: random weights of this architecture")
-    parser.add_argument("--channels", type=int, default=1)
-    parser.add_argument("--image-size", type=int, default=28)
-    parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--api-key", help="key for --url")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--requests", type=int, default=400, help="requests per concurrency level")
-    parser.add_argument("--images", type=int, default=1, help="images per request")
-    parser.add_argument("--binary", action="store_true", help="send pixels as binary tensor data instead of JSON numbers")
-    parser.add_argument("--max-batch-size", type=int, default=64)
-    parser.add_argument("--max-delay-ms", type=float, default=2.0)
-    args = parser.parse_args(argv)
-
-    print(HEADER)
-    if args.url:
-        run_levels(args.url.rstrip("/"), {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}, "live", args)
-        return 0
+    args = parse_args(argv)
+    try:
+        require_hey()
+    except LoadGeneratorMissing as error:
+        print(f"bench.serving: {error}", file=sys.stderr)
+        return 2
+    report: list[str] = []
+    began = time.strftime("%Y-%m-%d %H:%M:%S")
+    say(report, f"# bench.serving, {began}, load average {load_average()}, {machine()}")
+    results = []
     with tempfile.TemporaryDirectory(prefix="stingy-bench-") as scratch:
-        checkpoint = args.checkpoint or random_checkpoint(Path(scratch), args.arch, args.channels, args.image_size, args.classes)
-        common = ["--checkpoint", str(checkpoint), "--access-log", "", "--log-level", "warning",
-                  "--max-batch-size", str(args.max_batch_size), "--max-delay-ms", str(args.max_delay_ms)]
-        for setting, extra in ((f"batching on ({args.max_delay_ms:g} ms)", []), ("batching off", ["--no-batching"])):
-            with running_server([*common, *extra], log_dir=Path(scratch)) as server:
-                run_levels(server.url, {}, setting, args)
+        for model in args.models:
+            results.append(measure_model(model, args, Path(scratch), report))
+    say(report, "\n## targets\n")
+    for result in results:
+        for target in result["targets"]:  # type: ignore[union-attr]
+            say(report, f"- {target['target']} [{target['format']}]: {target['value']} -> {'met' if target['met'] else 'NOT met'}")
+    say(report, f"\nload average at the end: {load_average()}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    record = {"began": began, "load_average_end": load_average(), "machine": machine(),
+              "settings": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+              "models": results}
+    (args.out / "serving.json").write_text(json.dumps(record, indent=1) + "\n")
+    (args.out / "serving.txt").write_text("\n".join(report) + "\n")
+    print(f"\nraw records: {args.out / 'serving.json'}, {args.out / 'serving.txt'}")
     return 0
 
 

@@ -41,8 +41,8 @@ rm -rf "$TEACHER_DIR"
 check teacher 300 "$PYTHON" -m training.cli teacher --dataset fashion-mnist --arch cnn_small --epochs 10 --out "$TEACHER_DIR"
 cp "$TEACHER_DIR/metrics.jsonl" "$LOG_DIR/teacher_metrics.jsonl" 2>/dev/null
 check train_speed 180 "$PYTHON" -m bench.train_speed --archs mlp lenet5 cnn_small resnetc20 resnet18 mobilenetv2 --batch-size 256 --steps 30
-check serving 300 bash -c "\"$PYTHON\" -m bench.serving --checkpoint \"$TEACHER_DIR/teacher.safetensors\" && \
-\"$PYTHON\" -m bench.serving --arch resnet18 --channels 3 --image-size 32 --classes 100 --images 8 --requests 200"
+check serving 300 "$PYTHON" -m bench.serving --device cuda --models resnet18 --formats v2-json v2-binary \
+    --clients 1 8 32 64 128 --duration 3 --out "$LOG_DIR/serving"   # needs hey (apt-get install hey)
 check suite 900 "$PYTHON" -m pytest -q -p no:cacheprovider
 echo "==> summary ($LOG_DIR)"
 cat "$LOG_DIR/summary.txt"

@@ -1,0 +1,86 @@
+"""The in-process ceiling of a served model: what :meth:`app.runner.ModelRunner.forward` (normalise, forward,
+release policy) does on ready ``uint8`` batches with no HTTP at all, and the policy's share of it.
+
+    ceiling = images in the timed passes / their seconds, for one batch size
+    policy share = seconds of ``policy.sparse(logits)`` / seconds of ``model(x)``, at one batch size
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from app.runner import ModelRunner
+from defense import make_policy
+from training.checkpoint import ModelCard, save_checkpoint
+from training.data import normalize
+from training.models import create_model
+
+
+def random_checkpoint(folder: Path, arch: str, channels: int, image_size: int, classes: int) -> Path:
+    """A checkpoint of ``arch`` with random weights (throughput does not depend on what the weights are)."""
+    torch.manual_seed(0)
+    model = create_model(arch, classes, channels, image_size)
+    card = ModelCard(arch=arch, num_classes=classes, in_channels=channels, image_size=image_size, mean=(0.5,) * channels,
+                     std=(0.25,) * channels, class_names=tuple(f"class_{i}" for i in range(classes)), dataset="random")
+    path = folder / f"{arch}.safetensors"
+    save_checkpoint(path, model, card)
+    return path
+
+
+def _seconds_per_call(function: Callable[[], object], seconds: float) -> float:
+    """Mean seconds of ``function()`` over at least ``seconds`` (after two untimed calls), at least 3 calls."""
+    function()
+    function()
+    calls, began = 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - began < seconds:
+        function()
+        calls += 1
+    return (time.perf_counter() - began) / calls
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """Images per second of the whole forward (model and policy) by batch size, and the policy's share."""
+
+    images_per_s: dict[int, float]
+    policy_batch: int
+    forward_ms: float
+    policy_ms: float
+
+    @property
+    def policy_share(self) -> float:
+        return self.policy_ms / self.forward_ms
+
+    def best(self, other: Ceiling) -> Ceiling:
+        """Per batch size the higher rate, and the faster forward with its policy time, of two measurements of
+        one model (taken before and after a load test: on a shared machine the higher one is nearer the truth)."""
+        rates = {batch: max(rate, other.images_per_s[batch]) for batch, rate in self.images_per_s.items()}
+        faster = self if self.forward_ms <= other.forward_ms else other
+        return Ceiling(rates, self.policy_batch, faster.forward_ms, faster.policy_ms)
+
+
+def measure_ceiling(checkpoint: Path, batch_sizes: tuple[int, ...], policy_batch: int, seconds: float, *,
+                    device: str = "cpu", policy: str = "stingy", sparse_ratio: float = 0.2) -> Ceiling:
+    """Time :meth:`ModelRunner.forward` (the server's own code path, its answer copied back to the CPU) for each
+    batch size, and the model alone against the policy alone at ``policy_batch``, each for about ``seconds``."""
+    runner = ModelRunner(checkpoint, make_policy(policy, sparse_ratio=sparse_ratio), device=device,
+                         max_batch_size=max(batch_sizes))
+    generator = torch.Generator().manual_seed(0)
+    rates = {}
+    for batch in batch_sizes:
+        images = torch.randint(0, 256, (batch, *runner.spec.shape), dtype=torch.uint8, generator=generator)
+        rates[batch] = batch / _seconds_per_call(lambda: runner.forward([images]), seconds)
+    card = runner.card
+    images = torch.randint(0, 256, (policy_batch, *runner.spec.shape), dtype=torch.uint8, generator=generator)
+    synchronize = torch.cuda.synchronize if runner.device.type == "cuda" else (lambda: None)
+    with torch.inference_mode():
+        x = normalize(images, card.mean, card.std).to(runner.device)
+        logits = runner.model(x).float()
+        forward = _seconds_per_call(lambda: (runner.model(x), synchronize()), seconds)
+        policy_seconds = _seconds_per_call(lambda: (runner.policy.sparse(logits), synchronize()), seconds / 4)
+    return Ceiling(rates, policy_batch, 1000 * forward, 1000 * policy_seconds)

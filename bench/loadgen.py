@@ -1,0 +1,139 @@
+"""Load for the serving benchmark: request bodies in each input format, sent by ``hey`` (a Go load generator,
+Debian package ``hey``) so that the client is not the bottleneck, and its per-request record read back.
+
+    rate = answered (200) images / wall seconds of the run
+    p50, p99 = percentiles of the 200 answers' latencies (seconds from sending to the whole answer)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import resource
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+FORMATS = ("v2-json", "v2-binary", "v1-png")
+BOUNDARY = "stingy-bench-boundary"
+
+
+class LoadGeneratorMissing(RuntimeError):
+    """``hey`` is not installed."""
+
+
+def require_hey() -> str:
+    """The path of ``hey``, or :class:`LoadGeneratorMissing` saying how to install it."""
+    path = shutil.which("hey")
+    if path is None:
+        raise LoadGeneratorMissing("the serving benchmark needs the load generator 'hey': apt-get install hey")
+    return path
+
+
+@dataclass(frozen=True)
+class Body:
+    """One request: its path under the server, body bytes and headers."""
+
+    path: str
+    content: bytes
+    headers: dict[str, str]
+
+
+def make_body(fmt: str, model: str, pixels: torch.Tensor) -> Body:
+    """The request for ``uint8`` ``pixels [B, C, H, W]`` in format ``fmt`` (one of :data:`FORMATS`): v2 UINT8 as
+    JSON numbers, v2 binary tensor data (``Inference-Header-Content-Length``, as Triton clients send), or a v1
+    multipart upload of B PNG files. v2 asks for the released pairs only."""
+    infer = f"/v2/models/{model}/infer"
+    tensor: dict[str, object] = {"name": "images", "shape": list(pixels.shape), "datatype": "UINT8"}
+    outputs = [{"name": "topk_indices"}, {"name": "topk_logits"}]
+    if fmt == "v2-json":
+        tensor["data"] = pixels.reshape(-1).tolist()
+        return Body(infer, json.dumps({"inputs": [tensor], "outputs": outputs}).encode(), {"Content-Type": "application/json"})
+    if fmt == "v2-binary":
+        tensor["parameters"] = {"binary_data_size": pixels.numel()}
+        header = json.dumps({"inputs": [tensor], "outputs": outputs}).encode()
+        return Body(infer, header + pixels.numpy().tobytes(),
+                    {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))})
+    if fmt == "v1-png":
+        parts = []
+        for i, image in enumerate(pixels.numpy()):
+            png = io.BytesIO()
+            Image.fromarray(image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)).save(png, format="PNG")
+            parts.append(f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="files"; filename="{i}.png"\r\n'
+                         f"Content-Type: image/png\r\n\r\n".encode() + png.getvalue() + b"\r\n")
+        content = b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+        return Body("/v1/predict", content, {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+    raise ValueError(f"unknown format {fmt!r}; formats: {FORMATS}")
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What one ``hey`` run saw: answers by status, latencies of the 200s, its wall and CPU seconds."""
+
+    requests: int
+    ok: int
+    statuses: dict[str, int]
+    wall_s: float
+    p50_ms: float
+    p99_ms: float
+    client_cpu_s: float
+
+
+def run_hey(url: str, body: Body, clients: int, seconds: float, cpus: str | None = None) -> LoadResult:
+    """``hey -z SECONDS -c CLIENTS`` posting ``body`` (on the CPUs ``cpus`` with ``taskset`` when given)."""
+    with tempfile.NamedTemporaryFile(prefix="stingy-bench-body-", delete=False) as handle:
+        handle.write(body.content)
+        body_file = handle.name
+    command = [require_hey(), "-z", f"{seconds:g}s", "-c", str(clients), "-m", "POST", "-t", "60", "-o", "csv", "-D", body_file,
+               "-T", body.headers["Content-Type"]]
+    for name, value in body.headers.items():
+        if name != "Content-Type":
+            command += ["-H", f"{name}: {value}"]
+    command = pinned([*command, url + body.path], cpus)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    try:
+        finished = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120, check=False)
+    finally:
+        os.unlink(body_file)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if finished.returncode != 0:
+        raise RuntimeError(f"hey failed ({finished.returncode}): {finished.stderr.strip()[-500:]}")
+    return _parse_csv(finished.stdout, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime))
+
+
+def _parse_csv(text: str, client_cpu_s: float) -> LoadResult:
+    """hey's CSV: ``response-time,DNS+dialup,DNS,Request-write,Response-delay,Response-read,status-code,offset``
+    per request (seconds; ``offset`` from the start of the run)."""
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if not rows:
+        raise RuntimeError("hey recorded no request at all (is the server answering?)")
+    statuses: dict[str, int] = {}
+    latencies, ends = [], []
+    for row in rows:
+        status = row["status-code"]
+        statuses[status] = statuses.get(status, 0) + 1
+        ends.append(float(row["offset"]) + float(row["response-time"]))
+        if status == "200":
+            latencies.append(float(row["response-time"]))
+    p50, p99 = (1000 * float(np.percentile(latencies, q)) for q in (50, 99)) if latencies else (float("nan"),) * 2
+    return LoadResult(len(rows), len(latencies), statuses, max(ends), p50, p99, client_cpu_s)
+
+
+def pinned(command: Sequence[str], cpus: str | None) -> list[str]:
+    """``command`` under ``taskset -c cpus`` when ``cpus`` is given."""
+    return ["taskset", "-c", cpus, *command] if cpus else list(command)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process ``pid`` (all its threads), from ``/proc``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -1,0 +1,35 @@
+"""The serving benchmark's parts that can be wrong without a slow run: its request bodies (each format is
+answered by the real app), its reading of hey's record, and its one-line refusal without hey."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import serving
+from bench.loadgen import FORMATS, _parse_csv, make_body
+from tests.api.conftest import AppClient, random_images
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_body_format_is_answered_for_every_image(stingy_app: AppClient, fmt: str) -> None:
+    body = make_body(fmt, "teacher", random_images(3, seed=5))
+    response = stingy_app.post(body.path, content=body.content, headers=body.headers)
+    assert response.status_code == 200, response.text
+    document = response.json()
+    answered = len(document["predictions"]) if fmt == "v1-png" else document["outputs"][0]["shape"][0]
+    assert answered == 3
+
+
+def test_hey_record_gives_rate_inputs_and_percentiles_of_the_200s_only() -> None:
+    header = "response-time,DNS+dialup,DNS,Request-write,Response-delay,Response-read,status-code,offset\n"
+    rows = [f"{0.010 * (i + 1):.4f},0,0,0,0,0,200,{0.1 * i:.4f}" for i in range(100)] + ["0.0005,0,0,0,0,0,503,10.0"]
+    result = _parse_csv(header + "\n".join(rows) + "\n", client_cpu_s=0.5)
+    assert (result.requests, result.ok, result.statuses) == (101, 100, {"200": 100, "503": 1})
+    assert result.wall_s == pytest.approx(9.9 + 1.0)  # the end of the last answer
+    assert result.p50_ms == pytest.approx(505.0) and result.p99_ms == pytest.approx(990.1)
+
+
+def test_without_hey_the_benchmark_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert serving.main(["--quick"]) == 2
+    assert capsys.readouterr().err.strip() == "bench.serving: the serving benchmark needs the load generator 'hey': apt-get install hey"
