@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 in containers)")
     net.add_argument("--port", type=int, help="port (default 8000)")
     net.add_argument("--graceful-timeout-s", type=float, help="on SIGTERM, how long requests in flight may take (default 30)")
-    net.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    net.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], help="(default info)")
     net.add_argument("--access-log", help="JSON-lines access log file; '-' for standard output (default), '' for none")
     batching = parser.add_argument_group("batching")
     batching.add_argument("--max-batch-size", type=int, help="most images in one forward pass (default 64)")

@@ -3,7 +3,7 @@
     stingy-attack run --url http://127.0.0.1:8000 --dataset fashion-mnist --student lenet5 --out runs/attack
     stingy-attack query --url URL --dataset NAME --out DIR [--api-key K] [--budget N]
     stingy-attack distill --out DIR --student ARCH [--strategies naive low_temperature:tau=2 ...]
-    stingy-attack report --out DIR
+    stingy-attack report DIR               (or: stingy-attack report --out DIR)
     stingy-attack compare DIR_NORMAL DIR_STINGY [--markdown FILE]
     stingy-attack strategies
 
@@ -25,9 +25,11 @@ from attacker.client import AttackError, ProtocolError, RetryPolicy, ServerUnava
 from attacker.distill import distill
 from attacker.query import QueryOutcome, QuerySettings, TargetMismatch, run_query
 from attacker.report import ReportError, compare, write_report
-from attacker.store import StoreError
+from attacker.store import ResponseStore, StoreError
 from attacker.strategies import DEFAULT_STRATEGIES, STRATEGIES, Strategy, make_strategy
-from training.console import EXIT_USAGE, ErrorExit, UsageError, add_optimizer_options, run_command, train_config
+from training.console import (
+    EXIT_USAGE, ErrorExit, UsageError, add_folder_argument, add_optimizer_options, folder_argument, run_command, train_config,
+)
 from training.data import dataset_names
 from training.engine import TrainConfig
 from training.io import atomic_write_text
@@ -45,7 +47,7 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
                        help=f"API key, sent as 'Authorization: Bearer KEY' (default: ${API_KEY_ENV})")
     group.add_argument("--protocol", choices=["auto", "v1", "v2"], default="auto",
-                       help="auto: v2 when the server has the model there, else v1")
+                       help="auto (the default): v2 when the server has the model there, else v1")
     group.add_argument("--model", help="v2 model name (default: the name GET /v1/model gives)")
     group.add_argument("--batch-size", type=int, default=256, help="images per request; halved when the server answers 413 (default 256)")
     group.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default 4)")
@@ -153,6 +155,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    args.out = folder_argument(args)
     do_report(args)
     return 0
 
@@ -195,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill_parser.set_defaults(handler=cmd_distill)
 
     report = commands.add_parser("report", help="write report.json, report.md and report.png from the trained students")
-    report.add_argument("--out", required=True, type=Path, help="attack folder")
+    add_folder_argument(report, "attack folder (the --out of run, query and distill)")
     report.set_defaults(handler=cmd_report)
 
     comparison = commands.add_parser("compare", help="attack folders side by side (e.g. a normal and a stingy server)")
@@ -214,8 +217,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _kept(args: argparse.Namespace) -> str:
-    """What an interrupted or failed query leaves behind (commands that query a server only)."""
-    return f"the responses received so far are kept in {args.out}, rerun to resume" if hasattr(args, "url") else ""
+    """What an interrupted or failed query leaves behind (commands that query a server only, and only once
+    the folder holds a response store: a server that was never reached leaves nothing to resume)."""
+    if not hasattr(args, "url") or not ResponseStore(args.out).exists():
+        return ""
+    return f"the responses received so far are kept in {args.out}, rerun to resume"
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ It speaks v2 (the Open Inference Protocol, KServe/Triton REST) and v1 behind one
 
 Failure handling, per request:
 
+- discovery (:meth:`TeacherClient.connect`) fails at once when nothing accepts the connection (a wrong URL or
+  a server that is not running), with :class:`ServerUnavailable`;
 - connection errors, timeouts and 5xx answers are retried with exponential backoff and full jitter
   (``uniform(0, min(max_delay, base_delay * 2**(n - 1)))`` before the ``n``-th retry), at most
   ``RetryPolicy.attempts`` tries in all, then :class:`ServerUnavailable`;
@@ -27,7 +29,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 import torch
@@ -196,6 +198,10 @@ def check_client_options(url: str, protocol: str, concurrency: int, timeout: flo
     """``ValueError`` naming the first unusable option of a :class:`TeacherClient`."""
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"the server URL must start with http:// or https://, got {url!r}")
+    route = next((route for route in ("/v1", "/v2") if urlsplit(url).path.rstrip("/").endswith(route)), None)
+    if route is not None:
+        raise ValueError(f"the server URL {url!r} ends in {route}: drop {route} (give the base URL, e.g. "
+                         f"{url.rstrip('/').removesuffix(route)}; the client adds the /v1 and /v2 routes itself)")
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     if concurrency < 1 or timeout <= 0:
@@ -313,6 +319,9 @@ class TeacherClient:
             except httpx.TransportError as error:
                 failures += 1
                 reason = f"{type(error).__name__}: {error}".rstrip(": ")
+                if self.info is None and isinstance(error, httpx.ConnectError):  # discovery: no server there, no retry
+                    raise ServerUnavailable(f"cannot connect to {self.url} ({reason}): is the server running, and is "
+                                            "the URL right?") from None
                 await self._retry_or_raise(failures, f"{method} {self.url}{path} failed ({reason})")
                 continue
             status = response.status_code

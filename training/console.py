@@ -18,11 +18,12 @@ import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from defense import POLICIES
 from training.checkpoint import CheckpointError
-from training.data import DatasetFormatError, DatasetNotFoundError
+from training.data import DatasetDownloadError, DatasetFormatError, DatasetNotFoundError
 from training.devices import DeviceError, resolve_device
 from training.engine import TrainConfig
 
@@ -33,7 +34,9 @@ class UsageError(Exception):
     """A mistake on the command line or in its inputs."""
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, DatasetNotFoundError, DatasetFormatError, CheckpointError, DeviceError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UsageError, DatasetNotFoundError, DatasetDownloadError, DatasetFormatError, CheckpointError, DeviceError,
+)
 
 
 @dataclass(frozen=True)
@@ -54,21 +57,40 @@ def run_command(
     """Parse ``argv`` and return the chosen subcommand's ``handler(args)``.
 
     :data:`USER_ERRORS` exit with :data:`EXIT_USAGE`, the errors of ``exits`` (checked first) with their
-    status, Ctrl-C with :data:`EXIT_INTERRUPTED`; each prints one line on stderr.
+    status, Ctrl-C with :data:`EXIT_INTERRUPTED`; each prints one line on stderr. A callable ``resume_hint``
+    is asked when the error happens (it may look at what the command left behind).
     """
     args = parser.parse_args(argv)
-    hint = resume_hint(args) if callable(resume_hint) else resume_hint
+
+    def hint() -> str:
+        return resume_hint(args) if callable(resume_hint) else resume_hint
+
     rules = (*exits, ErrorExit(USER_ERRORS, EXIT_USAGE))
     try:
         return int(args.handler(args))
     except tuple(error for rule in rules for error in rule.errors) as error:
         rule = next(rule for rule in rules if isinstance(error, rule.errors))
-        more = f"; {hint}" if rule.resumable and hint else ""
+        more = f"; {hint()}" if rule.resumable and hint() else ""
         print(f"{parser.prog}: {rule.label}: {error}{more}", file=sys.stderr)
         return rule.status
     except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
+        print(f"{parser.prog}: interrupted" + (f"; {hint()}" if hint() else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def add_folder_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """The folder a ``report`` reads, given either way: ``report DIR`` or ``report --out DIR`` (the flag that
+    made it); :func:`folder_argument` reads it back."""
+    parser.add_argument("folder", nargs="?", type=Path, help=help)
+    parser.add_argument("--out", dest="out_folder", type=Path, metavar="DIR", help="the same, as a flag")
+
+
+def folder_argument(args: argparse.Namespace) -> Path:
+    """The folder of :func:`add_folder_argument`; :class:`UsageError` when it is missing or given twice, differently."""
+    given = {folder for folder in (args.folder, args.out_folder) if folder is not None}
+    if len(given) != 1:
+        raise UsageError("name one folder: `report DIR` (or `report --out DIR`)")
+    return given.pop()
 
 
 # ---- NAME:key=value ------------------------------------------------------------------------------------
@@ -107,8 +129,9 @@ def parse_spec(spec: str, what: str) -> tuple[str, dict[str, Any]]:
 def add_policy_options(parser: argparse.ArgumentParser, default: str | None = "stingy") -> None:
     """``--policy``, ``--sparse-ratio``, ``--k`` and repeatable ``--policy-param NAME=VALUE``."""
     group = parser.add_argument_group("release policy")
-    group.add_argument("--policy", default=default, choices=sorted(POLICIES))
-    group.add_argument("--sparse-ratio", type=float, help="r: keep N = max(1, round(r K)) of the K classes")
+    group.add_argument("--policy", default=default, choices=sorted(POLICIES), help="release policy (default stingy)")
+    group.add_argument("--sparse-ratio", type=float,
+                       help="r: keep N = max(1, round(r K)) of the K classes (default: the policy's, 0.1 for stingy)")
     group.add_argument("--k", type=int, help="keep exactly N classes")
     group.add_argument("--policy-param", action="append", default=[], metavar="NAME=VALUE",
                        help="other policy parameters, e.g. decimals=2, sigma=0.05 (repeatable)")
@@ -139,8 +162,8 @@ def add_optimizer_options(group: argparse._ArgumentGroup, defaults: TrainConfig,
                        help="epochs at which lr is multiplied by --gamma; values below 1 are fractions of --epochs "
                             f"(default {' '.join(f'{m:g}' for m in defaults.milestones)})")
     group.add_argument("--gamma", type=float, default=defaults.gamma, help=f"(default {defaults.gamma})")
-    group.add_argument("--optimizer", choices=["sgd", "adam"], default=defaults.optimizer)
-    group.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    group.add_argument("--optimizer", choices=["sgd", "adam"], default=defaults.optimizer, help=f"(default {defaults.optimizer})")
+    group.add_argument("--device", default="auto", help="auto (CUDA when present; the default), cpu, cuda, cuda:1, ...")
     group.add_argument("--no-amp", action="store_true", help="full precision on CUDA")
 
 

@@ -40,6 +40,10 @@ def test_usage_mistakes_are_one_line_errors(capsys: pytest.CaptureFixture[str], 
     assert "listed twice" in error_of(capsys, ["distill", "--student", "mlp", "--strategies", "naive", "naive:tau=20", *out])
     assert "run `stingy-attack query` first" in error_of(capsys, ["distill", "--student", "mlp", *out])
     assert "run `stingy-attack query` first" in error_of(capsys, ["report", *out])
+    assert "run `stingy-attack query` first" in error_of(capsys, ["report", str(tmp_path)])  # as `stingy-bench report DIR`
+    assert "name one folder" in error_of(capsys, ["report"])
+    assert "ends in /v1: drop /v1 (give the base URL, e.g. http://127.0.0.1:1;" in error_of(
+        capsys, ["query", "--url", "http://127.0.0.1:1/v1", "--dataset", "synthetic", *out])
     assert "must start with http" in error_of(capsys, ["query", "--url", "localhost:1", "--dataset", "synthetic", *out])
     assert "budget must be a positive" in error_of(capsys, ["query", "--url", "http://x", "--dataset", "synthetic", "--budget", "0", *out])
     # refused before the server is contacted (this URL would not answer)
@@ -47,12 +51,16 @@ def test_usage_mistakes_are_one_line_errors(capsys: pytest.CaptureFixture[str], 
                                                            "--student", "mlp", "--device", "tpu", *out])
 
 
-def test_an_unreachable_server_is_exit_4_after_bounded_retries(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_an_unreachable_server_is_exit_4_at_once_and_names_no_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Nothing listens at the URL: one line at once (no retries with their backoff), and no folder is named,
+    as none was created."""
     url = f"http://127.0.0.1:{free_port()}"
+    out = tmp_path / "attack"
     began = time.monotonic()
-    err = error_of(capsys, ["query", "--url", url, "--dataset", "synthetic", "--retries", "1", "--out", str(tmp_path)], status=4)
-    assert "server error" in err and "ConnectError" in err and "rerun to resume" in err
-    assert time.monotonic() - began < 30
+    err = error_of(capsys, ["query", "--url", url, "--dataset", "synthetic", "--out", str(out)], status=4)
+    assert f"server error: cannot connect to {url} (ConnectError" in err and "is the server running" in err
+    assert "kept" not in err and not out.exists()
+    assert time.monotonic() - began < 10
 
 
 def test_strategies_listing(capsys: pytest.CaptureFixture[str]) -> None:

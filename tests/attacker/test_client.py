@@ -125,28 +125,49 @@ def test_backoff_is_full_jitter_and_capped() -> None:
 
 
 class Unreachable(httpx.AsyncBaseTransport):
-    """Refuses the first ``failures`` connections, then hands requests to ``inner``."""
+    """Hands the first ``after`` requests to ``inner``, refuses the next ``failures`` connections, then hands
+    requests to ``inner`` again."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, failures: int) -> None:
-        self.inner, self.failures, self.attempts = inner, failures, 0
+    def __init__(self, inner: httpx.AsyncBaseTransport, failures: int, after: int = 0) -> None:
+        self.inner, self.failures, self.after, self.attempts = inner, failures, after, 0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.attempts += 1
-        if self.attempts <= self.failures:
+        if self.after < self.attempts <= self.after + self.failures:
             raise httpx.ConnectError("connection refused", request=request)
         return await self.inner.handle_async_request(request)
 
 
+DISCOVERY_REQUESTS = 2  # GET /v1/model, GET /v2/models/NAME
+
+
 def test_connection_errors_are_retried_then_reported(fake_server: Factory) -> None:
     transport, _ = fake_server()
-    flaky = Unreachable(transport, failures=2)
+    flaky = Unreachable(transport, failures=2, after=DISCOVERY_REQUESTS)
     rows, client = predict(flaky, images(), retry=FAST_RETRY)
     assert len(rows) == 6 and client.stats.retries == 2
 
-    down = Unreachable(transport, failures=10**6)
+    down = Unreachable(transport, failures=10**6, after=DISCOVERY_REQUESTS)
     with pytest.raises(ServerUnavailable, match="ConnectError"):
         predict(down, images(), retry=FAST_RETRY)
-    assert down.attempts == FAST_RETRY.attempts
+    assert down.attempts == DISCOVERY_REQUESTS + FAST_RETRY.attempts
+
+
+def test_no_server_at_the_url_fails_at_once(fake_server: Factory) -> None:
+    """Discovery does not retry a refused connection: a wrong URL or a stopped server is one line, at once."""
+    transport, _ = fake_server()
+    nobody = Unreachable(transport, failures=10**6)
+    with pytest.raises(ServerUnavailable, match=r"cannot connect to http://fake \(ConnectError: connection refused\): "
+                                                r"is the server running, and is the URL right\?"):
+        predict(nobody, images(), retry=FAST_RETRY)
+    assert nobody.attempts == 1
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v2/", "https://host/api/v1"])
+def test_a_url_with_the_route_prefix_says_drop_it(url: str) -> None:
+    route = "/v1" if "v1" in url else "/v2"
+    with pytest.raises(ValueError, match=f"ends in {route}: drop {route} "):
+        TeacherClient(url)
 
 
 def test_429_waits_the_retry_after_seconds(fake_server: Factory) -> None:

@@ -43,3 +43,13 @@ def test_no_difference_is_reported_against_a_baseline_near_chance(tmp_path: Path
     mlp_rows = [line for line in stability_table(results).splitlines() if "/mlp/" in line]
     assert mlp_rows and all("| diverged (step" in line for line in mlp_rows)  # only divergence: no collapse against it
     assert "lenet5" in stability_table(results)  # the other students are judged as before
+
+
+def test_report_takes_the_folder_either_way(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``stingy-bench report DIR`` and ``stingy-bench report --out DIR`` (as ``stingy-attack report``)."""
+    from training.reproduction.cli import main
+
+    _recorded(tmp_path)
+    assert main(["report", "--out", str(tmp_path)]) == 0 and (tmp_path / "report.md").is_file()
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "is not a benchmark folder" in capsys.readouterr().err

@@ -23,6 +23,22 @@ def test_missing_dataset_is_one_clear_error(capsys: pytest.CaptureFixture[str], 
     assert "not found" in err and "apt-get install dataset-fashion-mnist" in err
 
 
+def test_download_without_a_network_is_one_line_naming_what_to_do(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network, simulated by a closed port on 127.0.0.1 as the download server (no traffic leaves the machine)."""
+    from app.launch import free_port
+    from training.data import download
+
+    url = f"http://127.0.0.1:{free_port()}/"
+    monkeypatch.setattr(download, "_FASHION_MNIST_URL", url)
+    argv = ["teacher", "--dataset", "fashion-mnist", "--data-root", str(tmp_path / "data"), "--download", "--arch", "mlp",
+            "--out", str(tmp_path / "run")]
+    err = _error(capsys, argv)
+    assert err.count("\n") == 1, err
+    assert f"cannot download {url}train-images-idx3-ubyte.gz (" in err and "check the network connection" in err
+    assert f"or put the files in {tmp_path / 'data'} yourself and run without --download" in err
+
+
 def test_missing_teacher_checkpoint(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     err = _error(capsys, ["kd", "--teacher", str(tmp_path / "none.safetensors"), "--student", "mlp", "--out", str(tmp_path / "o")])
     assert "does not exist" in err

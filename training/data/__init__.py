@@ -2,12 +2,13 @@
 
 from training.data.augment import normalize, pad_crop_flip
 from training.data.base import Batch, ImageDataset, ImageFiles, InMemoryImages, subset_positions
-from training.data.info import DatasetFormatError, DatasetInfo, DatasetNotFoundError
+from training.data.info import DatasetDownloadError, DatasetFormatError, DatasetInfo, DatasetNotFoundError
 from training.data.registry import DATASETS, dataset_names, load_dataset
 
 __all__ = [
     "DATASETS",
     "Batch",
+    "DatasetDownloadError",
     "DatasetFormatError",
     "DatasetInfo",
     "DatasetNotFoundError",

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import urllib.error
+from collections.abc import Callable
 from pathlib import Path
 
 from torchvision.datasets.utils import download_and_extract_archive, download_url
+
+from training.data.info import DatasetDownloadError
 
 _FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 _ARCHIVES = {
@@ -21,13 +25,29 @@ _FASHION_MNIST_FILES = {
 
 
 def download(name: str, root: Path) -> None:
-    """Fetch dataset ``name`` into ``root`` in the layout its loader reads (checksums verified)."""
+    """Fetch dataset ``name`` into ``root`` in the layout its loader reads (checksums verified).
+
+    Raises :class:`DatasetDownloadError` (one line: the URL, the cause and what to do) when a file cannot be
+    fetched or does not match its checksum.
+    """
     root.mkdir(parents=True, exist_ok=True)
     if name == "fashion-mnist":
         for file, md5 in _FASHION_MNIST_FILES.items():
-            download_url(_FASHION_MNIST_URL + file, str(root), filename=file, md5=md5)
+            url = _FASHION_MNIST_URL + file
+            _fetch(lambda: download_url(url, str(root), filename=file, md5=md5), url, root)
     elif name in _ARCHIVES:
         url, md5 = _ARCHIVES[name]
-        download_and_extract_archive(url, str(root), md5=md5)
+        _fetch(lambda: download_and_extract_archive(url, str(root), md5=md5), url, root)
     else:
         raise ValueError(f"dataset {name!r} cannot be downloaded automatically")
+
+
+def _fetch(get: Callable[[], None], url: str, root: Path) -> None:
+    instead = f"or put the files in {root} yourself and run without --download"
+    try:
+        get()
+    except urllib.error.URLError as error:
+        raise DatasetDownloadError(f"cannot download {url} ({error.reason}): check the network connection "
+                                   f"(or the https_proxy setting), {instead}") from None
+    except (OSError, RuntimeError) as error:  # torchvision: "File not found or corrupted." after a bad transfer
+        raise DatasetDownloadError(f"cannot download {url} ({error}): try again, {instead}") from None

@@ -45,5 +45,10 @@ class DatasetNotFoundError(FileNotFoundError):
         self.searched = searched
 
 
+class DatasetDownloadError(OSError):
+    """``--download`` could not fetch a dataset (no network, server down, a corrupted file); one line naming
+    the URL, the cause and what to do instead."""
+
+
 class DatasetFormatError(ValueError):
     """A dataset file exists but is not in the expected format (truncated, wrong magic, wrong sizes)."""

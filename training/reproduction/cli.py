@@ -2,7 +2,7 @@
 
     stingy-bench presets
     stingy-bench run --preset fmnist-cpu --out runs/bench/fmnist-cpu
-    stingy-bench report runs/bench/fmnist-cpu
+    stingy-bench report runs/bench/fmnist-cpu       (or: stingy-bench report --out runs/bench/fmnist-cpu)
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from training.console import EXIT_USAGE, ErrorExit, add_folder_argument, folder_argument, run_command
 from training.reproduction.plan import plan
 from training.reproduction.presets import PRESETS
 from training.reproduction.report import write_report
 from training.reproduction.results import BenchmarkError
 from training.reproduction.runner import run_benchmark
-from training.console import EXIT_USAGE, ErrorExit, run_command
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -33,7 +33,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    print(f"report: {write_report(args.folder)}")
+    print(f"report: {write_report(folder_argument(args))}")
     return 0
 
 
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--test-subset", type=int, help="evaluate on this many images")
     run.set_defaults(handler=cmd_run)
     report = commands.add_parser("report", help="render report.md and the figures of a benchmark folder")
-    report.add_argument("folder", type=Path)
+    add_folder_argument(report, "benchmark folder (the --out of run)")
     report.set_defaults(handler=cmd_report)
     return parser
 
