@@ -1,9 +1,9 @@
 """FastAPI dependencies shared by the model routes: the service, the caller's key id (auth and rate
 limit), the budget header, and where a body is decoded.
 
-The dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool, two thread
-hand-offs per request for work of a few microseconds (a hash look-up and a token bucket in memory). One that
-blocks (a network or disk round trip) must hand its blocking part to a thread itself."""
+The dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool, a thread
+hand-off per request even where there is nothing to do. What blocks (the state store's token buckets, in
+SQLite or Redis) is handed to the thread pool here, only when there is a state store."""
 
 from __future__ import annotations
 
@@ -33,8 +33,15 @@ async def caller(request: Request, service: ServiceDep) -> str:
 
     Failed authentications are rate limited per client address too (429 instead of 401 once a client
     fails faster than ``auth_failure_rate``). The key id is recorded for the access log; open servers give
-    ``anonymous``.
+    ``anonymous``. Without a state store (no keys, no rate limit, no budget) nothing blocks, and nothing
+    leaves the event loop.
     """
+    if service.state is None:
+        return _authenticate_and_limit(request, service)
+    return await run_in_threadpool(_authenticate_and_limit, request, service)
+
+
+def _authenticate_and_limit(request: Request, service: Service) -> str:
     try:
         key_id = service.keys.authenticate(request.headers)
     except Unauthorized:
