@@ -4,8 +4,10 @@ released pairs into response values, for v1 and v2 alike.
 Decoding yields ``uint8 [B, C, H, W]`` (0-255) or ``float32 [B, C, H, W]`` (in [0, 1]) at the model's
 shape, or raises :class:`InvalidInput` (400) naming the field, or :class:`PayloadTooLarge` (413) for too
 many or too large images. Encoded images (PNG/JPEG) are converted to the model's channels (gray ``L`` or
-``RGB``, alpha dropped, 16-bit gray scaled to 8 bits) and resized to its height x width (bilinear, antialiased) when their size differs;
-pixel arrays and v2 tensors must already have the model's shape.
+``RGB``, alpha dropped, 16-bit gray scaled to 8 bits) and brought to its height x width by the checkpoint's input
+preparation (:class:`training.preprocess.InputPreparation`: shorter side resized and centre-cropped, as torchvision's
+weights' transforms do, or, for checkpoints that record none, stretched with bilinear antialiased resizing when their
+size differs); pixel arrays and v2 tensors must already have the model's shape and go through unchanged.
 
 Encoding sends only the released pairs. A released ``-inf`` (a class whose probability a policy such as
 ``rounding`` rounds to 0) is never written as a non-standard JSON ``-Infinity``: v1 leaves the pair out,
@@ -34,6 +36,7 @@ from torchvision.transforms.v2 import functional as TF
 from app.errors import InvalidInput, PayloadTooLarge, invalid_input_from
 from app.schemas import InferenceRequest, PredictRequest, TensorInput
 from defense import SparseLogits, tempered_softmax
+from training.preprocess import InputPreparation
 
 ENCODED_FORMATS = ("PNG", "JPEG")
 SIXTEEN_BIT_GRAY = ("I", "I;16", "I;16B", "I;16L")
@@ -46,11 +49,13 @@ BINARY_HEADER = "inference-header-content-length"
 
 @dataclass(frozen=True)
 class InputSpec:
-    """The image shape the model takes: ``channels x height x width``."""
+    """The image shape the model takes: ``channels x height x width``, and how encoded images of other sizes
+    are brought to it (``None``: stretched to ``height x width``)."""
 
     channels: int
     height: int
     width: int
+    preparation: InputPreparation | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -167,6 +172,8 @@ def decode_image(data: bytes, field: str, spec: InputSpec, limits: InputLimits) 
         raise
     except Exception:  # any decoder failure on untrusted bytes is the client's file, not a server fault
         raise InvalidInput(f"{field} is not a readable PNG or JPEG image") from None
+    if spec.preparation is not None:
+        return spec.preparation.apply(pixels)
     if tuple(pixels.shape[1:]) != (spec.height, spec.width):
         pixels = TF.resize(pixels, [spec.height, spec.width], antialias=True)
     return pixels

@@ -37,7 +37,7 @@ class ModelRunner:
         self.policy = policy
         self.released_count = policy.released_count(self.card.num_classes)
         self.max_batch_size = max_batch_size
-        self.spec = InputSpec(self.card.in_channels, self.card.image_size, self.card.image_size)
+        self.spec = InputSpec(self.card.in_channels, self.card.image_size, self.card.image_size, self.card.preparation)
 
     @property
     def num_classes(self) -> int:

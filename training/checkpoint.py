@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from training.io import atomic_path
 from training.models import create_model
+from training.preprocess import InputPreparation, PreparationError
 
 METADATA_KEY = "stingy_teacher"
 FORMAT = "stingy-teacher/checkpoint/1"
@@ -44,6 +45,12 @@ class ModelCard:
     dataset: str
     test_accuracy: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    preprocess: InputPreparation | None = None  # None (cards written before it existed): stretch to image_size
+
+    @property
+    def preparation(self) -> InputPreparation:
+        """How an image of any size becomes ``image_size x image_size`` (see :mod:`training.preprocess`)."""
+        return self.preprocess or InputPreparation(crop_size=self.image_size)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,11 +67,24 @@ class ModelCard:
             mean=tuple(float(v) for v in document["mean"]), std=tuple(float(v) for v in document["std"]),
             class_names=tuple(str(v) for v in document["class_names"]), dataset=str(document["dataset"]),
             test_accuracy=None if document.get("test_accuracy") is None else float(document["test_accuracy"]),
-            extra=dict(document.get("extra") or {}),
+            extra=dict(document.get("extra") or {}), preprocess=_preparation(document.get("preprocess")),
         )
+        if card.preprocess is not None and card.preprocess.crop_size != card.image_size:
+            raise CheckpointError(f"checkpoint metadata is inconsistent (crop size {card.preprocess.crop_size}, image size {card.image_size})")
         if len(card.class_names) != card.num_classes or len(card.mean) != card.in_channels or len(card.std) != card.in_channels:
             raise CheckpointError("checkpoint metadata is inconsistent (class names, mean or std of the wrong length)")
         return card
+
+
+def _preparation(document: Any) -> InputPreparation | None:
+    if document is None:
+        return None
+    if not isinstance(document, dict):
+        raise CheckpointError(f"checkpoint metadata: preprocess must be an object, got {document!r}")
+    try:
+        return InputPreparation.from_json(document)
+    except PreparationError as error:
+        raise CheckpointError(f"checkpoint metadata: {error}") from error
 
 
 def tensors_digest(tensors: dict[str, Tensor]) -> str:

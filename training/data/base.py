@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 
 from training.data.augment import pad_crop_flip
 from training.data.info import DatasetFormatError, DatasetInfo
+from training.preprocess import read_image
 
 RESIZE_RATIO = 256 / 224  # evaluation resize before the centre crop for ImageNet-size inputs
 
@@ -112,7 +112,7 @@ class _DecodedFiles(Dataset):
 
     def __init__(self, info: DatasetInfo, paths: Sequence[Path], augment: bool) -> None:
         self.paths = paths
-        self.mode = "L" if info.in_channels == 1 else "RGB"
+        self.channels = info.in_channels
         size = info.image_size
         if info.augmentation == "resized_crop":
             self.transform = (
@@ -129,9 +129,8 @@ class _DecodedFiles(Dataset):
     def __getitem__(self, index: int) -> Tensor:
         path = self.paths[index]
         try:
-            with Image.open(path) as image:
-                pixels = T.functional.pil_to_tensor(image.convert(self.mode))
-        except (OSError, UnidentifiedImageError) as error:
+            pixels = read_image(path, self.channels)
+        except OSError as error:  # PIL's UnidentifiedImageError included
             raise DatasetFormatError(f"cannot decode image {path}: {error}") from error
         return self.transform(pixels)
 
