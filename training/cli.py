@@ -3,6 +3,7 @@
     stingy-train teacher --dataset fashion-mnist --arch cnn_small --epochs 5 --out runs/teacher
     stingy-train kd --teacher runs/teacher/teacher.safetensors --student lenet5 --policy stingy --sparse-ratio 0.2 --out runs/kd
     stingy-train nasty --adversary runs/teacher/teacher.safetensors --temperature 4 --omega 0.04 --out runs/nasty
+    stingy-train import --arch torchvision:resnet50 --weights model.pth --class-names classes.txt --out model.safetensors
     stingy-train models | datasets | policies
 """
 
@@ -14,12 +15,15 @@ from pathlib import Path
 
 from defense import POLICIES, LogitPolicy, policy_from_fields, policy_parameters
 from training.checkpoint import load_checkpoint
-from training.console import UsageError, add_optimizer_options, add_policy_options, policy_flags, run_command, train_config
+from training.console import (
+    EXIT_USAGE, ErrorExit, UsageError, add_optimizer_options, add_policy_options, policy_flags, run_command, train_config,
+)
 from training.data import ImageDataset, dataset_names, load_dataset
 from training.devices import resolve_device
 from training.engine import STATE_FILE, FitResult, TrainConfig
+from training.import_command import IMPORT_ERRORS, add_import_parser
 from training.losses import KD_ALPHA, KD_TEMPERATURE
-from training.models import list_models
+from training.models import list_models, list_namespaces
 from training.objectives import CrossEntropy, Distillation, HardLabelDistillation, NastyTraining
 from training.runs import RESULT_FILE, run_training, teacher_signal
 
@@ -130,6 +134,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.command == "models":
         for entry in list_models():
             print(f"{entry.name:20s} {entry.summary}")
+        for namespace in list_namespaces():
+            print(f"{namespace.prefix + ':NAME':20s} {namespace.summary}")
     elif args.command == "datasets":
         print("\n".join(dataset_names()))
     else:
@@ -170,13 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_options(nasty)
     nasty.set_defaults(handler=cmd_nasty)
 
+    add_import_parser(commands)
     for name in ("models", "datasets", "policies"):
         commands.add_parser(name, help=f"list the available {name}").set_defaults(handler=cmd_list)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(build_parser(), argv, resume_hint="continue with --resume")
+    return run_command(build_parser(), argv, exits=[ErrorExit(IMPORT_ERRORS, EXIT_USAGE)], resume_hint="continue with --resume")
 
 
 if __name__ == "__main__":
