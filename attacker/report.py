@@ -25,8 +25,7 @@ from matplotlib import transforms
 from attacker.distill import finished_records
 from attacker.store import ResponseStore
 from attacker.strategies import STRATEGIES
-from training.baseline import baseline_learned, baseline_warning, chance_accuracy
-from training.engine import accuracy_of
+from training.baseline import accuracy_of, baseline_learned, baseline_warning, chance_accuracy
 from training.io import atomic_path, atomic_write_json, atomic_write_text
 
 FORMAT = "stingy-teacher/attack-report/1"

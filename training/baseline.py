@@ -9,7 +9,17 @@ Fashion-MNIST, where chance is 10%) the reports headline no difference against i
 
 from __future__ import annotations
 
+from typing import Any
+
 LEARNED_MARGIN_POINTS = 10.0
+
+
+def accuracy_of(row: dict[str, Any] | None) -> float | None:
+    """The test accuracy of a run's record (``result.json``, a ``FitResult.summary()``), or None when missing or
+    diverged: a diverged run has no accuracy to compare."""
+    if row is None or row.get("diverged") or row.get("test_accuracy") is None:
+        return None
+    return float(row["test_accuracy"])
 
 
 def chance_accuracy(num_classes: int) -> float:

@@ -90,13 +90,6 @@ class FitResult:
         }
 
 
-def accuracy_of(row: dict[str, Any] | None) -> float | None:
-    """The test accuracy of a run's :meth:`FitResult.summary` record (``result.json``), or None when missing or diverged (a diverged run has no accuracy to compare)."""
-    if row is None or row.get("diverged") or row.get("test_accuracy") is None:
-        return None
-    return float(row["test_accuracy"])
-
-
 def predict_logits(
     model: nn.Module, dataset: ImageDataset, mean: tuple[float, ...], std: tuple[float, ...], *,
     device: torch.device | None = None, batch_size: int = 512, amp: bool = True, num_workers: int = 0, desc: str | None = None,

@@ -19,8 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 
 from defense import make_policy, tempered_softmax  # noqa: E402
+from training.baseline import accuracy_of  # noqa: E402
 from training.reproduction.results import NORMAL, Results, student_arch  # noqa: E402
-from training.engine import accuracy_of  # noqa: E402
 
 
 # One colour per policy; the attacker that clips its gradient norm is the dashed line of the same colour.

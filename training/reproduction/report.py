@@ -6,8 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from training.baseline import baseline_warning
-from training.engine import accuracy_of
+from training.baseline import accuracy_of, baseline_warning
 from training.io import atomic_write_text
 from training.reproduction.figures import all_figures
 from training.reproduction.results import NORMAL, Results, student_arch

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.baseline import baseline_learned
+from training.baseline import accuracy_of, baseline_learned
 from training.io import read_json_lines
 
 RESULTS_FILE = "results.jsonl"
