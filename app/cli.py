@@ -22,17 +22,22 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 from pydantic import ValidationError
 
 from app.errors import describe_validation_errors
 from app.listen import ListenError, check_can_listen
 from app.main import create_app
 from app.settings import ServeSettings
+from app.workers import arguments_from_parent, run_workers, share_cpu, share_with_workers
 from training.checkpoint import load_checkpoint
 from training.console import ErrorExit, UsageError, add_policy_options, policy_flags, run_command
 
 POLICY_FLAGS = ("policy", "sparse_ratio", "k", "policy_param")
 EXIT_NOT_STARTED = 3
+# A worker that does not answer the supervisor's ping for this long is replaced. Loading torch holds the
+# interpreter lock for seconds on a busy machine, which uvicorn's default of 5 s mistakes for a hung worker.
+WORKER_HEALTHCHECK_S = 60
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     net = parser.add_argument_group("network")
     net.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 in containers)")
     net.add_argument("--port", type=int, help="port (default 8000)")
+    net.add_argument("--workers", type=int, help="server processes sharing the port, each with its own model (default 1)")
     net.add_argument("--graceful-timeout-s", type=float, help="on SIGTERM, how long requests in flight may take (default 30)")
     net.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], help="(default info)")
     net.add_argument("--access-log", help="JSON-lines access log file; '-' for standard output (default), '' for none")
@@ -83,8 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> ServeSettings:
     """Settings from the environment, overridden by the flags given on the command line (the policy flags
     replace the environment's policy fields all together)."""
-    given = {name: value for name, value in vars(args).items()
-             if value not in (None, []) and name not in POLICY_FLAGS and name != "handler"}
+    given = {name: value for name, value in _given(args).items() if value not in (None, []) and name not in POLICY_FLAGS}
     try:
         return ServeSettings(**given, **policy_flags(args))
     except ValidationError as error:
@@ -101,14 +106,38 @@ def serve(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as error:
         raise UsageError(str(error)) from error
     check_can_listen(settings.host, settings.port)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     config: dict[str, Any] = {
         "host": settings.host, "port": settings.port, "log_level": settings.log_level, "access_log": False,
         "lifespan": "on", "timeout_graceful_shutdown": settings.graceful_timeout_s,
     }
+    if settings.workers > 1:
+        share_with_workers(_given(args))
+        started = run_workers(uvicorn.Config("app.cli:worker_app", factory=True, workers=settings.workers,
+                                             timeout_worker_healthcheck=WORKER_HEALTHCHECK_S, **config))
+        return 0 if started else EXIT_NOT_STARTED
     server = uvicorn.Server(uvicorn.Config(app, **config))
     server.run()
     return 0 if server.started else EXIT_NOT_STARTED
+
+
+def worker_app() -> FastAPI:
+    """The app of one ``--workers`` process (uvicorn calls it in each worker): the parent's settings, checked
+    there already, and this worker's share of the CPU."""
+    settings = settings_from_args(argparse.Namespace(**arguments_from_parent()))
+    share_cpu(settings.workers)
+    configure_logging(settings)
+    return create_app(settings)
+
+
+def configure_logging(settings: ServeSettings) -> None:
+    """The service's log lines on stderr at ``log_level`` (uvicorn configures its own loggers)."""
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed command line without the handler."""
+    return {name: value for name, value in vars(args).items() if name != "handler"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,10 @@ REQUEST_MODELS = (PredictRequest, InferenceRequest)
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     service: Service = app.state.service
     await service.start()
+    if service.settings.workers > 1:
+        # A worker takes connections from the shared port only once warmed up: while it warms up, the workers
+        # already serving answer, instead of this one answering 503 not_ready.
+        await service.wait_ready()
     try:
         yield
     finally:

@@ -125,6 +125,8 @@ def test_sigterm_lets_the_request_in_flight_complete(tiny_teacher: Path, tmp_pat
     (["--checkpoint", "TINY", "--rate-burst", "5"], {}, "rate_burst needs rate_limit"),
     (["--checkpoint", "TINY"], {"STINGY_DEVICE": "tpu"}, "invalid settings: device: unsupported device 'tpu'; use auto, cpu, cuda or cuda:N"),
     (["--checkpoint", "TINY"], {"STINGY_API_KEYS": "alice:"}, "API key entry 1 has an empty secret"),
+    (["--checkpoint", "TINY", "--workers", "0"], {}, "workers: Input should be greater than or equal to 1"),
+    (["--checkpoint", "TINY"], {"STINGY_STATE": "memcached://x:1"}, "state must be 'sqlite' or a Redis URL"),
 ])
 def test_bad_settings_exit_with_status_2_and_one_line(tiny_teacher: Path, monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str], argv: list[str], env: dict[str, str],

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +47,9 @@ async def _send(client: httpx.AsyncClient, server: int, url: str) -> Answer:
                   None if ok else response.json()["code"], response.headers.get("retry-after"), sent, time.monotonic())
 
 
-def load(urls: list[str], requests: int, concurrency: int) -> list[Answer]:
-    """``requests`` one-image requests, alternating between ``urls``, ``concurrency`` at a time."""
+def load(urls: list[str], requests: int, concurrency: int, connected: Callable[[], None] = lambda: None) -> list[Answer]:
+    """``requests`` one-image requests, alternating between ``urls``, ``concurrency`` at a time; ``connected``
+    runs after the last answer, while the client still holds its keep-alive connections."""
 
     async def run() -> list[Answer]:
         gate = asyncio.Semaphore(concurrency)
@@ -57,7 +58,9 @@ def load(urls: list[str], requests: int, concurrency: int) -> list[Answer]:
                 async with gate:
                     return await _send(client, index % len(urls), urls[index % len(urls)])
 
-            return await asyncio.gather(*(one(i) for i in range(requests)))
+            answers = await asyncio.gather(*(one(i) for i in range(requests)))
+            connected()
+            return answers
 
     return asyncio.run(run())
 
@@ -145,3 +148,42 @@ def test_an_app_answers_503_while_redis_is_down_and_recovers(tiny_teacher: Path,
         assert client.get("/readyz").status_code == 200  # the model is fine: only keyed work waits for Redis
         redis_server.start()
         assert client.post("/v1/predict", json=ONE_IMAGE, headers=AUTH).headers["x-budget-remaining"] == "8"
+
+
+def _workers(pid: int) -> list[int]:
+    """The worker processes that ``pid`` spawned (from /proc: children running multiprocessing's spawn_main)."""
+    workers = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue  # ended meanwhile
+        if parent == pid and b"spawn_main" in command:
+            workers.append(int(stat.parent.name))
+    return workers
+
+
+def _sockets(pid: int) -> int:
+    """How many sockets ``pid`` has open."""
+    return sum(1 for fd in Path(f"/proc/{pid}/fd").iterdir() if fd.readlink().name.startswith("socket:"))
+
+
+@pytest.mark.slow
+def test_two_workers_on_one_sqlite_file_keep_budget_and_rate_limit_exact(tiny_teacher: Path, tmp_path: Path) -> None:
+    """``--workers 2`` with the default SQLite store: 120 concurrent requests for one key, a burst of 100 that
+    does not refill during the test, 40 images of budget: exactly 40 served, 60 refused for the budget, 20 for
+    the rate, and both workers served."""
+    args = ["--checkpoint", str(tiny_teacher), "--device", "cpu", "--workers", "2", "--budget-images", "40",
+            "--budget-db", str(tmp_path / "state.sqlite3"), "--rate-limit", "0.001", "--rate-burst", "100",
+            "--access-log", "", "--log-level", "warning"]
+    with running_server(args, env={"STINGY_API_KEYS": f"alice:{SECRET}"}, log_dir=tmp_path) as server:
+        workers = _workers(server.process.pid)
+        idle = {pid: _sockets(pid) for pid in workers}
+        busy: dict[int, int] = {}
+        answers = load([server.url], requests=120, concurrency=16, connected=lambda: busy.update({pid: _sockets(pid) for pid in workers}))
+        assert server.terminate() == -15  # the parent stops its workers, then ends by SIGTERM, as a single server does
+    assert len(workers) == 2 and all(busy[pid] > idle[pid] for pid in workers)  # each worker holds client connections
+    statuses = sorted(a.status for a in answers)
+    assert statuses == [200] * 40 + [403] * 60 + [429] * 20
+    assert sorted(a.remaining for a in answers if a.status == 200) == list(range(40))
