@@ -35,7 +35,7 @@ def add_import_parser(commands: Any) -> None:
     prep.add_argument("--interpolation", choices=INTERPOLATIONS, help="resampling filter (default bilinear)")
     prep.add_argument("--mean", type=float, nargs="+", help="per-channel mean of the normalisation (default ImageNet's)")
     prep.add_argument("--std", type=float, nargs="+", help="per-channel standard deviation (default ImageNet's)")
-    prep.add_argument("--in-channels", type=int, default=3, help="input channels (1 or 3; torchvision models take 3)")
+    prep.add_argument("--in-channels", type=int, default=3, help="input channels (1 or 3; torchvision models take 3; default %(default)s)")
     test = sub.add_argument_group("optional accuracy check")
     test.add_argument("--test-data", choices=dataset_names(), help="measure accuracy on this dataset's test split into the card")
     test.add_argument("--data-root", help="folder holding --test-data (imagefolder: train/<class>/ and val/<class>/)")
