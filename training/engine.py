@@ -2,7 +2,8 @@
 
 One epoch: shuffled (seeded per epoch) batches -> augmentation -> normalisation -> forward (autocast on
 CUDA) -> objective -> non-finite check -> backward -> gradient norm (optionally clipped) -> SGD step;
-then the learning-rate step, a test-set evaluation, a metrics line, and (with a run folder) an atomic
+then the learning-rate step, a test-set evaluation, a metrics line (the loss and the epoch mean of each of
+the objective's named terms, e.g. ``kd`` and ``ce``), and (with a run folder) an atomic
 checkpoint and resume state. Runs are repeatable on CPU for a given seed, also across ``resume``.
 """
 
@@ -184,7 +185,7 @@ def fit(
         result.test_accuracy = accuracy(test_logits, test_data.labels)
         result.seconds = time.perf_counter() - began
         record = {
-            "epoch": epoch, "train_loss": stats.mean_loss, "test_accuracy": result.test_accuracy,
+            "epoch": epoch, "train_loss": stats.mean_loss, "loss_terms": stats.mean_terms(), "test_accuracy": result.test_accuracy,
             "lr": optimizer.param_groups[0]["lr"], "max_grad_norm": stats.max_grad_norm,
             "epoch_seconds": round(time.perf_counter() - epoch_began, 3), "seconds": round(result.seconds, 3),
         }
@@ -203,12 +204,24 @@ def fit(
 @dataclass
 class _EpochStats:
     loss_sum: float = 0.0
+    term_sums: dict[str, Tensor] = field(default_factory=dict)  # on the device: no extra synchronisation per step
     seen: int = 0
     max_grad_norm: float = 0.0
 
     @property
     def mean_loss(self) -> float:
         return self.loss_sum / max(self.seen, 1)
+
+    def add(self, loss: Tensor, terms: dict[str, Tensor], count: int) -> None:
+        self.loss_sum += loss.item() * count
+        for name, term in terms.items():
+            weighted = term.detach().float() * count
+            self.term_sums[name] = weighted if name not in self.term_sums else self.term_sums[name] + weighted
+        self.seen += count
+
+    def mean_terms(self) -> dict[str, float]:
+        """Each named loss term of the objective, averaged over the epoch's images (their sum is ``mean_loss``)."""
+        return {name: float(total) / max(self.seen, 1) for name, total in self.term_sums.items()}
 
 
 @dataclass
@@ -235,7 +248,8 @@ class _Step:
             labels = batch.labels.to(self.device, non_blocking=True)
             with self.autocast():
                 logits = self.model(inputs)
-            loss = self.objective(logits.float(), inputs, batch, labels)
+            terms = self.objective(logits.float(), inputs, batch, labels)
+            loss = torch.stack(list(terms.values())).sum()
             result.steps += 1
             if not torch.isfinite(loss):
                 result.diverged_step = result.steps
@@ -248,8 +262,7 @@ class _Step:
                 stats.max_grad_norm = max(stats.max_grad_norm, norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            stats.loss_sum += loss.item() * len(labels)
-            stats.seen += len(labels)
+            stats.add(loss, terms, len(labels))
             if isinstance(batches, tqdm):
                 batches.set_postfix(loss=f"{stats.mean_loss:.4f}", refresh=False)
         if isinstance(batches, tqdm):

@@ -28,15 +28,23 @@ def soft_cross_entropy_kl(target_logits: Tensor, student_logits: Tensor, tau: fl
     return (target * (log_target - log_student)).sum(dim=-1)
 
 
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, tau: float, alpha: float) -> Tensor:
-    """Eq. 1: ``alpha tau^2 KL(p_tau^T, p_tau^S) + (1 - alpha) H(p^S, y)``, averaged over the batch."""
+def kd_loss_terms(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, tau: float, alpha: float) -> dict[str, Tensor]:
+    """Eq. 1's two weighted terms, batch means: ``kd = alpha tau^2 KL(p_tau^T, p_tau^S)`` and
+    ``ce = (1 - alpha) H(p^S, y)``; the loss is their sum."""
     kl = soft_cross_entropy_kl(teacher_logits, student_logits, tau).mean()
     ce = F.cross_entropy(student_logits.float(), labels)
-    return alpha * tau**2 * kl + (1.0 - alpha) * ce
+    return {"kd": alpha * tau**2 * kl, "ce": (1.0 - alpha) * ce}
 
 
-def nasty_loss(model_logits: Tensor, adversary_logits: Tensor, labels: Tensor, tau: float, omega: float) -> Tensor:
-    """Eq. 2: ``H(p^NT, y) - omega tau^2 KL(p_tau^NT || p_tau^A)``, averaged over the batch.
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, tau: float, alpha: float) -> Tensor:
+    """Eq. 1: ``alpha tau^2 KL(p_tau^T, p_tau^S) + (1 - alpha) H(p^S, y)``, averaged over the batch."""
+    terms = kd_loss_terms(student_logits, teacher_logits, labels, tau, alpha)
+    return terms["kd"] + terms["ce"]
+
+
+def nasty_loss_terms(model_logits: Tensor, adversary_logits: Tensor, labels: Tensor, tau: float, omega: float) -> dict[str, Tensor]:
+    """Eq. 2's two weighted terms, batch means: ``ce = H(p^NT, y)`` and ``adversarial = -omega tau^2 KL(p_tau^NT || p_tau^A)``;
+    the loss is their sum.
 
     The KL is taken in the direction of Ma et al.'s released code (the nasty model's distribution as the
     target of the fixed adversary), and the gradient flows through the nasty model's distribution.
@@ -44,4 +52,10 @@ def nasty_loss(model_logits: Tensor, adversary_logits: Tensor, labels: Tensor, t
     log_model = tempered_log_softmax(model_logits, tau)
     log_adversary = tempered_log_softmax(adversary_logits.detach(), tau)
     kl = (log_model.exp() * (log_model - log_adversary)).sum(dim=-1).mean()
-    return F.cross_entropy(model_logits.float(), labels) - omega * tau**2 * kl
+    return {"ce": F.cross_entropy(model_logits.float(), labels), "adversarial": -omega * tau**2 * kl}
+
+
+def nasty_loss(model_logits: Tensor, adversary_logits: Tensor, labels: Tensor, tau: float, omega: float) -> Tensor:
+    """Eq. 2: ``H(p^NT, y) - omega tau^2 KL(p_tau^NT || p_tau^A)``, averaged over the batch."""
+    terms = nasty_loss_terms(model_logits, adversary_logits, labels, tau, omega)
+    return terms["ce"] + terms["adversarial"]

@@ -19,7 +19,7 @@ from training.data import load_dataset
 from training.devices import DeviceError, resolve_device
 from training.engine import TrainConfig, fit
 from training.models import create_model
-from training.objectives import CrossEntropy, Objective
+from training.objectives import CrossEntropy, Distillation, LiveTeacher, Objective
 from training.runs import card_for, run_training
 
 CPU = dict(device="cpu", amp=False)
@@ -61,15 +61,33 @@ class _ExplodingObjective(Objective):
     """Cross-entropy that turns NaN at a given step, as a diverging KD run does."""
 
     def __init__(self, at_step: int) -> None:
+        super().__init__()
         self.at_step, self.calls = at_step, 0
 
-    def __call__(self, logits, inputs, batch, labels):  # type: ignore[no-untyped-def]
+    def forward(self, logits, inputs, batch, labels):  # type: ignore[no-untyped-def]
         self.calls += 1
         loss = torch.nn.functional.cross_entropy(logits, labels)
-        return loss * float("nan") if self.calls >= self.at_step else loss
+        return {"ce": loss * float("nan") if self.calls >= self.at_step else loss}
 
     def describe(self) -> dict:
         return {"objective": "exploding"}
+
+
+def test_history_logs_each_named_loss_term(synthetic: tuple) -> None:
+    """KD logs its two terms of Eq. 1 every epoch, ``kd`` = alpha tau^2 KL and ``ce`` = (1 - alpha) CE, and
+    they add up to the logged loss; training on labels logs its one ``ce`` term."""
+    train, test = synthetic
+    config = TrainConfig(epochs=2, batch_size=100, lr=0.05, milestones=(), **CPU)
+    torch.manual_seed(0)
+    teacher = create_model("mlp", 10, 1, 28)
+    kd = fit(create_model("mlp", 10, 1, 28), Distillation(LiveTeacher(teacher), tau=4.0, alpha=0.75), train, test, config)
+    scratch = fit(create_model("mlp", 10, 1, 28), CrossEntropy(), train, test, config)
+    for record in kd.history:
+        terms = record["loss_terms"]
+        assert set(terms) == {"kd", "ce"} and terms["kd"] > 0 and terms["ce"] > 0
+        assert terms["kd"] + terms["ce"] == pytest.approx(record["train_loss"], rel=1e-5)
+    for record in scratch.history:
+        assert record["loss_terms"] == {"ce": pytest.approx(record["train_loss"], rel=1e-5)}
 
 
 def test_non_finite_loss_stops_the_run_and_is_flagged(synthetic: tuple) -> None:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from defense import make_policy
-from training.losses import kd_loss, nasty_loss
+from training.losses import kd_loss, kd_loss_terms, nasty_loss, nasty_loss_terms
 
 
 def _direct_kd(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, tau: float, alpha: float) -> torch.Tensor:
@@ -19,6 +19,20 @@ def _direct_kd(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tenso
         for b in range(teacher.shape[0])
     ]).mean()
     return alpha * tau**2 * kl + (1 - alpha) * F.cross_entropy(student.double(), labels)
+
+
+def test_kd_terms_are_the_two_weighted_parts_of_eq_1() -> None:
+    """``kd`` is Eq. 1 at alpha = 1 scaled by alpha, ``ce`` the label cross-entropy scaled by 1 - alpha."""
+    gen = torch.Generator().manual_seed(3)
+    student, teacher = torch.randn(6, 10, generator=gen), make_policy("stingy", k=2)(torch.randn(6, 10, generator=gen) * 3)
+    labels = torch.randint(0, 10, (6,), generator=gen)
+    terms = kd_loss_terms(student, teacher, labels, tau=20.0, alpha=0.9)
+    assert set(terms) == {"kd", "ce"}
+    torch.testing.assert_close(terms["kd"].double(), 0.9 * _direct_kd(student, teacher, labels, 20.0, 1.0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(terms["ce"].double(), 0.1 * F.cross_entropy(student.double(), labels), rtol=1e-5, atol=1e-6)
+    nasty = nasty_loss_terms(student, torch.randn(6, 10, generator=gen), labels, tau=4.0, omega=0.04)
+    assert set(nasty) == {"ce", "adversarial"} and nasty["adversarial"] <= 0
+    torch.testing.assert_close(nasty["ce"], F.cross_entropy(student, labels))
 
 
 @pytest.mark.parametrize("tau", [1.0, 4.0, 20.0])
