@@ -9,9 +9,11 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from pydantic.json_schema import models_json_schema
 
 from app.errors import install_error_handlers
+from app.fastpath import FastPathMiddleware
 from app.middleware import BodyLimitMiddleware, ObservabilityMiddleware
 from app.routes import ops, v1, v2
 from app.schemas import InferenceRequest, PredictRequest
@@ -23,6 +25,8 @@ the top-N logits per image). v1 is a simple JSON/multipart API; v2 follows the O
 
 # Bodies parsed by the routes themselves (size limits, multipart, binary tensors), documented by reference.
 REQUEST_MODELS = (PredictRequest, InferenceRequest)
+# The inference endpoints, served by app.fastpath (their FastAPI routes document them).
+HOT_ENDPOINTS = (v1.predict, v2.infer)
 
 
 @asynccontextmanager
@@ -47,6 +51,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
     install_error_handlers(app)
     for router in (ops.router, v1.router, v2.router):
         app.include_router(router)
+    hot = [route for router in (v1.router, v2.router) for route in router.routes
+           if isinstance(route, APIRoute) and route.endpoint in HOT_ENDPOINTS]
+    app.add_middleware(FastPathMiddleware, routes=hot)  # innermost: inside the body limit, metrics and access log
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(ObservabilityMiddleware, metrics=service.metrics, access_log=service.access_log)  # outermost
     app.openapi = _openapi_with_request_models(app)  # type: ignore[method-assign]

@@ -261,3 +261,4 @@ def test_the_server_sheds_load_with_503_and_retry_after_and_counts_nothing(
     shed = [sample.value for family in text_string_to_metric_families(metrics) if family.name == "stingy_shed_requests"
             for sample in family.samples if sample.name == "stingy_shed_requests_total"]
     assert shed == [1.0]
+
