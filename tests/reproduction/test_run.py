@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.datasets import write_cifar
-from training.reproduction.cli import main
-from training.reproduction.plan import plan
-from training.reproduction.presets import PRESETS
+from training.checkpoint import load_checkpoint
+from training.data import load_dataset
+from training.engine import predict_logits
 from training.io import read_json_lines
+from training.reproduction.cli import main
+from training.reproduction.plan import plan, slug
+from training.reproduction.presets import PRESETS
 
 pytestmark = pytest.mark.slow
 
@@ -24,17 +27,37 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_smoke_preset_runs_every_experiment_and_reports(smoke_run: Path) -> None:
+def _teacher_accuracy_recomputed(out: Path, preset_name: str, teacher: str) -> float:
+    """The reproduction teacher's test accuracy, recomputed in-process from its saved checkpoint."""
+    preset = PRESETS[preset_name]
+    test = load_dataset(preset.dataset, "test", **preset.data_options)
+    test = test.first(preset.test_subset) if preset.test_subset else test
+    model, card = load_checkpoint(out / "runs" / slug(f"teacher/{teacher}") / "teacher.safetensors", "cpu")
+    top1 = predict_logits(model, test, card.mean, card.std, amp=False).argmax(dim=-1)
+    return 100.0 * int((top1 == test.labels).sum()) / len(test)
+
+
+def test_smoke_preset_runs_every_experiment(smoke_run: Path) -> None:
     rows = read_json_lines(smoke_run / "results.jsonl")
     assert {row["key"] for row in rows} == {run.key for run in plan(PRESETS["smoke"])}
     teacher = next(row for row in rows if row["key"] == "teacher/lenet5")
-    assert teacher["accuracy"]["stingy"] == teacher["accuracy"]["normal"], "claim (a): stingy keeps the teacher's accuracy"
+    expected = _teacher_accuracy_recomputed(smoke_run, "smoke", "lenet5")
+    assert teacher["accuracy"]["normal"] == pytest.approx(expected, abs=1e-9)
+    assert teacher["accuracy"]["stingy"] == pytest.approx(expected, abs=1e-9), "claim (a): stingy keeps the teacher's accuracy"
     for row in rows:
         assert row["diverged"] or row["test_accuracy"] is not None
         assert row["max_grad_norm"] > 0
+
+
+def test_smoke_report_shows_the_values_of_the_results(smoke_run: Path) -> None:
+    rows = read_json_lines(smoke_run / "results.jsonl")
+    teacher = next(row for row in rows if row["key"] == "teacher/lenet5")["accuracy"]
+    scratch = next(row for row in rows if row["type"] == "student" and row["teacher"] is None and row["student"] == "mlp")
     report = (smoke_run / "report.md").read_text()
-    assert "| Student baseline |" in report and "lenet5 (stingy)" in report and "lenet5 (nasty)" in report
-    assert "## Stability of the collapsed students" in report and "(a) Teacher accuracy" in report
+    assert f"(a) Teacher accuracy: normal {teacher['normal']:.2f}%, stingy {teacher['stingy']:.2f}% (identical)." in report
+    assert f"| Student baseline | - | {scratch['test_accuracy']:.2f}" in report
+    assert f"| lenet5 (normal) | {teacher['normal']:.2f} |" in report
+    assert "lenet5 (stingy)" in report and "lenet5 (nasty)" in report and "## Stability of the collapsed students" in report
     for figure in ("fig2_sparse_ratio", "fig3_epochs", "fig4_logits", "fig5_top_vs_least", "fig6_temperature"):
         path = smoke_run / f"{figure}.png"
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
