@@ -3,13 +3,14 @@
 Pure torch: no I/O and no other package of this project.
 """
 
-from defense.base import LogitPolicy, SparseLogits, TopNPolicy
+from defense.base import Disclosure, LogitPolicy, SparseLogits, TopNPolicy
 from defense.ranking import count_from_ratio, descending_order
 from defense.registry import POLICIES, make_policy, policy_from_fields, policy_parameters
 from defense.softmax import tempered_log_softmax, tempered_softmax
 
 __all__ = [
     "POLICIES",
+    "Disclosure",
     "LogitPolicy",
     "SparseLogits",
     "TopNPolicy",

@@ -20,6 +20,16 @@ from defense.ranking import count_from_ratio, descending_order
 
 
 @dataclass(frozen=True)
+class Disclosure:
+    """What a policy releases per image for ``K`` classes, in words (``summary``), and whether that stays
+    within the defense's promise (``withholds``): at most ``N < K`` released pairs per image, each a value
+    the teacher computed for that class or a constant, and nothing that depends on a masked class's logit."""
+
+    summary: str
+    withholds: bool
+
+
+@dataclass(frozen=True)
 class SparseLogits:
     """The released pairs of a batch: ``indices`` (int64) and ``values``, both ``[B, N]``, descending."""
 
@@ -59,6 +69,19 @@ class LogitPolicy(ABC):
         """True when every class outside the released ``N`` is ``-inf`` in the dense form."""
         return False
 
+    @property
+    def replayable(self) -> bool:
+        """True when the policy's randomness comes from a fixed seed (anyone who learns it can replay it)."""
+        return False
+
+    def disclosure(self, num_classes: int) -> Disclosure:
+        """What this policy releases per image for ``K = num_classes`` (dense policies: something of every class)."""
+        return Disclosure(f"{self.describe_release()} for all {num_classes} classes", withholds=False)
+
+    def describe_release(self) -> str:
+        """The released values in words, for :meth:`disclosure`."""
+        return "the raw logits"
+
     def __call__(self, logits: Tensor) -> Tensor:
         _check_logits(logits)
         return self.release(logits)
@@ -78,6 +101,11 @@ class LogitPolicy(ABC):
         """:meth:`config` without the parameters a client must not learn (``secret_parameters``, e.g. a
         noise seed, which would let it replay and subtract the noise): what a server may disclose."""
         return {key: value for key, value in self.config().items() if key not in self.secret_parameters}
+
+
+def every_raw_logit(num_classes: int) -> Disclosure:
+    """The disclosure of a top-N policy whose ``N`` reaches ``K``: nothing is masked."""
+    return Disclosure(f"the raw logits of all {num_classes} classes (N = K: nothing is masked)", withholds=False)
 
 
 def _check_logits(logits: Tensor) -> None:
@@ -117,9 +145,19 @@ class TopNPolicy(LogitPolicy):
 class MaskingTopNPolicy(TopNPolicy):
     """A :class:`TopNPolicy` that releases exactly ``N`` finite logits per row and ``-inf`` for the rest."""
 
+    kept_classes: ClassVar[str]  # which N classes, in words
+
     @property
     def masks(self) -> bool:
         return True
 
     def released_count(self, num_classes: int) -> int:
         return self.keep_count(num_classes)
+
+    def disclosure(self, num_classes: int) -> Disclosure:
+        """``N < K``: the raw logits of the kept classes and nothing of the others; ``N = K``: every raw logit."""
+        n = self.keep_count(num_classes)
+        if n >= num_classes:
+            return every_raw_logit(num_classes)
+        return Disclosure(f"the raw logits of {n} of {num_classes} classes ({self.kept_classes}); "
+                          f"nothing of the other {num_classes - n}", withholds=True)

@@ -6,13 +6,14 @@ distribution a student sees (``p'`` itself at ``tau = 1``). Computation is in fl
 
 from __future__ import annotations
 
+import secrets
 import threading
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from defense.base import LogitPolicy
+from defense.base import Disclosure, LogitPolicy
 from defense.ranking import descending_order, mask_from_indices
 from defense.softmax import tempered_softmax
 from defense.sparse import keep_top1_strict
@@ -36,6 +37,9 @@ class LabelOnly(LogitPolicy):
     def released_count(self, num_classes: int) -> int:
         return 1
 
+    def disclosure(self, num_classes: int) -> Disclosure:
+        return Disclosure(f"the top-1 class of {num_classes} (its value is always 0); nothing of the others", withholds=True)
+
     def release(self, logits: Tensor) -> Tensor:
         top1 = mask_from_indices(descending_order(logits)[:, :1], logits.shape[-1])
         return torch.zeros_like(logits).masked_fill(~top1, float("-inf"))
@@ -56,6 +60,9 @@ class Rounding(LogitPolicy):
         if isinstance(self.decimals, bool) or not isinstance(self.decimals, int) or not 0 <= self.decimals <= 8:
             raise ValueError(f"decimals must be an integer in [0, 8], got {self.decimals!r}")
 
+    def describe_release(self) -> str:
+        return f"the log of each probability rounded to {self.decimals} decimals (the raw logits up to a shift, quantised)"
+
     def release(self, logits: Tensor) -> Tensor:
         probs = tempered_softmax(logits)
         rounded = torch.round(probs, decimals=self.decimals)
@@ -69,15 +76,17 @@ class Rounding(LogitPolicy):
 class GaussianNoise(LogitPolicy):
     """Additive noise on probabilities: ``p' = normalise(max(p + e, 0))``, ``e ~ N(0, sigma^2)``.
 
-    The top-1 class may change (that is the point of the baseline). Noise is fresh on every call; a
-    policy built with the same ``seed`` draws the same sequence of noise.
+    The top-1 class may change (that is the point of the baseline). Noise is fresh on every call. Without a
+    ``seed`` every call seeds its generator with 63 bits from the operating system (``secrets``), so the
+    noise can be neither replayed nor predicted from earlier answers; a policy built with a ``seed`` draws
+    one reproducible sequence (for experiments), which anyone who learns the seed can subtract.
     """
 
     name = "gaussian_noise"
     preserves_argmax = False
     secret_parameters = ("seed",)
     sigma: float = 0.1
-    seed: int = 0
+    seed: int | None = None
     _generator: dict[str, torch.Generator] = field(default_factory=dict, init=False, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
@@ -85,7 +94,18 @@ class GaussianNoise(LogitPolicy):
         if not self.sigma >= 0.0:
             raise ValueError(f"sigma must be non-negative, got {self.sigma!r}")
 
+    @property
+    def replayable(self) -> bool:
+        return self.seed is not None
+
+    def describe_release(self) -> str:
+        source = "from a fixed seed: replayable by whoever learns it" if self.seed is not None else "fresh from the operating system on every call"
+        return f"the log of each probability plus Gaussian noise (sigma {self.sigma}, {source})"
+
     def _noise_like(self, probs: Tensor) -> Tensor:
+        if self.seed is None:
+            generator = torch.Generator(device=probs.device).manual_seed(secrets.randbits(63))
+            return torch.randn(probs.shape, generator=generator, device=probs.device, dtype=probs.dtype)
         key = str(probs.device)
         with self._lock:
             generator = self._generator.get(key)
@@ -118,6 +138,9 @@ class ReverseSigmoid(LogitPolicy):
     def __post_init__(self) -> None:
         if not self.beta >= 0.0 or not self.gamma > 0.0:
             raise ValueError(f"need beta >= 0 and gamma > 0, got beta={self.beta!r}, gamma={self.gamma!r}")
+
+    def describe_release(self) -> str:
+        return f"the log of each probability after the reverse-sigmoid perturbation (beta {self.beta}, gamma {self.gamma})"
 
     def release(self, logits: Tensor) -> Tensor:
         probs = tempered_softmax(logits)

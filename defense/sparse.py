@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from defense.base import LogitPolicy, MaskingTopNPolicy, TopNPolicy
+from defense.base import Disclosure, LogitPolicy, MaskingTopNPolicy, TopNPolicy, every_raw_logit
 from defense.ranking import ascending_order, descending_order, mask_from_indices
 
 
@@ -30,6 +30,7 @@ class Stingy(MaskingTopNPolicy):
     """Stingy Teacher, Eq. 6: ``z'_k = z_k`` for the top-``N`` classes ``k in M``, ``-inf`` otherwise."""
 
     name = "stingy"
+    kept_classes = "the top N"
 
     def release(self, logits: Tensor) -> Tensor:
         kept = descending_order(logits)[:, : self.keep_count(logits.shape[-1])]
@@ -41,6 +42,7 @@ class Least(MaskingTopNPolicy):
     """"Least logits", Sec. 4.4: the top-1 class plus the ``N - 1`` smallest logits; others ``-inf``."""
 
     name = "least"
+    kept_classes = "the top-1 and the N - 1 smallest"
 
     def release(self, logits: Tensor) -> Tensor:
         num_classes = logits.shape[-1]
@@ -57,6 +59,13 @@ class StingySmooth(TopNPolicy):
     mean ``(1 / (K - N)) sum_{j not in M} z_j``. As stingy as Eq. 6 but not sparse."""
 
     name = "stingy_smooth"
+
+    def disclosure(self, num_classes: int) -> Disclosure:
+        n = self.keep_count(num_classes)
+        if n >= num_classes:
+            return every_raw_logit(num_classes)
+        return Disclosure(f"the raw logits of the top {n} of {num_classes} classes and, in place of each of the other "
+                          f"{num_classes - n}, the mean of their raw logits", withholds=False)
 
     def release(self, logits: Tensor) -> Tensor:
         num_classes = logits.shape[-1]
@@ -80,6 +89,9 @@ class Reverse(LogitPolicy):
     ranked 2nd gets the smallest logit, the one ranked last gets the 2nd largest, and so on."""
 
     name = "reverse"
+
+    def describe_release(self) -> str:
+        return "the raw logits, the top-1 in place and the others reassigned in reverse rank order (exactly invertible),"
 
     def release(self, logits: Tensor) -> Tensor:
         order = descending_order(logits)

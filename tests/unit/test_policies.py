@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from defense import POLICIES, SparseLogits, count_from_ratio, make_policy, tempered_softmax
+from defense import POLICIES, SparseLogits, count_from_ratio, make_policy, policy_parameters, tempered_softmax
 from defense.base import TopNPolicy
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -123,7 +123,8 @@ def test_least_keeps_top1_and_the_smallest(logits: torch.Tensor, data: st.DataOb
 @given(logits=logit_batches())
 def test_policies_are_deterministic(logits: torch.Tensor) -> None:
     for name in POLICIES:
-        first, second = make_policy(name), make_policy(name)
+        params = {"seed": 1} if "seed" in policy_parameters(name) else {}  # unseeded noise is meant to differ
+        first, second = make_policy(name, **params), make_policy(name, **params)
         assert torch.equal(first(logits), second(logits)), name
 
 
@@ -177,6 +178,18 @@ def test_reverse_sigmoid_follows_the_published_formula() -> None:
     expected = expected / expected.sum()
     released = make_policy("reverse_sigmoid", beta=beta, gamma=gamma)(p.log())
     torch.testing.assert_close(released.exp(), expected)
+
+
+def test_gaussian_noise_without_a_seed_draws_from_the_os() -> None:
+    logits = torch.randn(4, 10, generator=torch.Generator().manual_seed(0))
+    a, b = make_policy("gaussian_noise", sigma=0.05), make_policy("gaussian_noise", sigma=0.05)
+    torch.manual_seed(0)
+    first = a(logits)
+    torch.manual_seed(0)
+    assert not torch.equal(first, b(logits)), "two unseeded policies must not draw the same noise"
+    assert not a.replayable and "seed" not in a.config()
+    seeded = make_policy("gaussian_noise", sigma=0.05, seed=7)
+    assert seeded.replayable and "replayable" in seeded.disclosure(10).summary and "7" not in seeded.disclosure(10).summary
 
 
 def test_gaussian_noise_is_seeded_and_fresh_per_call() -> None:
@@ -243,6 +256,23 @@ def test_public_config_hides_only_secret_parameters() -> None:
     assert noise.public_config() == {"name": "gaussian_noise", "sigma": 0.2}
     for name in set(POLICIES) - {"gaussian_noise"}:
         assert make_policy(name).public_config() == make_policy(name).config(), name
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "withholds"),
+    [("stingy", {"sparse_ratio": 0.2}, True), ("stingy", {"sparse_ratio": 0.95}, False), ("stingy", {"k": 10}, False),
+     ("least", {"k": 3}, True), ("least", {"k": 10}, False), ("label_only", {}, True), ("normal", {}, False),
+     ("reverse", {}, False), ("stingy_smooth", {"sparse_ratio": 0.2}, False), ("stingy_smooth", {"k": 10}, False),
+     ("rounding", {}, False), ("gaussian_noise", {}, False), ("reverse_sigmoid", {}, False)],
+)
+def test_disclosure_says_whether_a_policy_withholds_masked_classes(name: str, params: dict, withholds: bool) -> None:
+    policy = make_policy(name, **params)
+    disclosure = policy.disclosure(10)
+    assert disclosure.withholds is withholds, disclosure.summary
+    released = policy(torch.randn(64, 10, generator=torch.Generator().manual_seed(1)))
+    finite_per_row = torch.isfinite(released).sum(-1)
+    # What "withholds" promises, checked on the dense output: fewer than K finite values in every row.
+    assert bool((finite_per_row < 10).all()) is withholds, (name, params)
 
 
 def test_sparse_logits_rebuild_dense() -> None:
