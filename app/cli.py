@@ -3,14 +3,15 @@
     stingy-serve --checkpoint runs/teacher/teacher.safetensors --policy stingy --sparse-ratio 0.1 --port 8000
 
 Every flag has an environment variable (``STINGY_`` + the flag in capitals, e.g. ``STINGY_MAX_BATCH_SIZE``);
-a flag on the command line wins. API keys come only from ``STINGY_API_KEYS`` or ``--api-keys-file`` (never
-from a flag, which other users could read in the process list). Without any key the server is open to
-whoever can connect: it says so with a WARNING, and refuses a --host other machines can reach unless
---allow-anonymous (STINGY_ALLOW_ANONYMOUS=1) is given.
+a flag on the command line wins. API keys come only from ``STINGY_API_KEYS`` or ``--api-keys-file``, and the key
+that reads ``/metrics`` only from ``STINGY_METRICS_KEY`` (never from a flag, which other users could read in the
+process list). Without any key the server is open to whoever can connect: it says so with a WARNING, and
+refuses a --host other machines can reach unless --allow-anonymous (STINGY_ALLOW_ANONYMOUS=1) is given.
 
 Exit status: 2 for bad settings or a bad checkpoint (missing, a folder, damaged or tampered with: the weights
-are verified before the server starts); 3 when the server could not start (e.g. its port is in use); after
-SIGTERM requests in flight complete, then the process ends by that signal (status 143), as uvicorn does.
+are verified before the server starts), or a policy that releases something of every class without
+--allow-disclosing-policy; 3 when the server could not start (e.g. its port is in use); after SIGTERM
+requests in flight complete, then the process ends by that signal (status 143), as uvicorn does.
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model-name", help="name in URLs and responses (default: the checkpoint's file stem)")
     model.add_argument("--device", help="auto (CUDA when present, the default), cpu, cuda, cuda:1, ...")
     add_policy_options(parser, default=None)  # None: not given, the environment decides
+    model.add_argument("--allow-disclosing-policy", action="store_const", const=True,
+                       help="serve a policy that releases something of every class (normal, reverse, stingy_smooth, "
+                            "rounding, gaussian_noise, reverse_sigmoid, or N = K); refused otherwise")
+    model.add_argument("--show-model-details", action="store_const", const=True,
+                       help="show the architecture and training dataset on /v1/model (hidden by default)")
     parser.epilog = ("Policy flags on the command line replace every policy setting of the environment "
                      "(--policy then defaults to stingy).")
     net = parser.add_argument_group("network")
@@ -102,6 +108,7 @@ def serve(args: argparse.Namespace) -> int:
     _, card = load_checkpoint(settings.checkpoint)  # every tensor verified now: a tampered file stops here, in one line
     try:
         settings.release_policy.released_count(card.num_classes)  # e.g. k larger than the number of classes
+        settings.check_disclosure(card.num_classes)  # a policy that releases more than N < K logits per image
         app = create_app(settings)  # the API keys: unreadable file, empty secret, repeated name, none on an open host
     except (ValueError, OSError) as error:
         raise UsageError(str(error)) from error

@@ -58,6 +58,12 @@ class Unauthorized(ServiceError):
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
 
 
+class Forbidden(ServiceError):
+    """A route this server's configuration turns off for every caller (403)."""
+
+    status, code = 403, "forbidden"
+
+
 class BudgetExhausted(ServiceError):
     """The request's images exceed what is left of the key's query budget (403); nothing was counted."""
 

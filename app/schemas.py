@@ -55,13 +55,14 @@ class PredictResponse(BaseModel):
 class ModelInfo(BaseModel):
     name: str
     version: str
-    dataset: str
-    arch: str
     num_classes: int
     class_names: list[str]
     input_shape: list[int]
     policy: dict[str, Any]
     released_per_image: int
+    discloses: str = Field(description="what the policy releases per image, in words")
+    dataset: str | None = Field(None, description="training dataset (only with show_model_details)")
+    arch: str | None = Field(None, description="architecture (only with show_model_details)")
 
 
 # ---- v2 (Open Inference Protocol) --------------------------------------------------------------------

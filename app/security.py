@@ -1,8 +1,9 @@
 """API keys and per-key query budgets (counted in a shared :mod:`app.state` store).
 
 Keys are kept only as SHA-256 digests; a key is known in logs and metrics by its *key id*: its name
-(``name:secret`` entries) or ``key-`` and the first 8 hex digits of its digest, never the secret. With no
-keys configured the service is open and every client shares the key id ``anonymous``.
+(``name:secret`` entries) or, for a bare secret, ``key-`` and its position among the entries (``key-1``,
+``key-2``, ...). Nothing published is derived from a secret. With no keys configured the service is open
+and every client shares the key id ``anonymous``.
 """
 
 from __future__ import annotations
@@ -25,16 +26,19 @@ def _digest(secret: str) -> str:
 class KeyRing:
     """The accepted API keys, as ``sha256(secret) -> key id``."""
 
-    def __init__(self, entries: Iterable[str]) -> None:
-        """``entries``: ``name:secret`` or a bare secret each. Raises ``ValueError`` for an empty secret or a
-        name used twice (the message never contains a secret)."""
+    def __init__(self, entries: Iterable[str], *, require_names: str | None = None) -> None:
+        """``entries``: ``name:secret`` or a bare secret each (key id ``key-<position>``). Raises ``ValueError``
+        for an empty secret, a name used twice, or, when ``require_names`` (the reason) is given, a bare
+        secret; the message never contains a secret."""
         self._ids: dict[str, str] = {}
         for position, entry in enumerate(entries, 1):
             name, sep, secret = (part.strip() for part in entry.partition(":"))
             if not sep:
                 name, secret = "", name
+                if require_names:
+                    raise ValueError(f"API key entry {position} has no name: give it as 'name:secret' ({require_names})")
             digest = _digest(secret)
-            key_id = name.strip() or f"key-{digest[:8]}"
+            key_id = name or f"key-{position}"
             if not secret:
                 raise ValueError(f"API key entry {position} has an empty secret")
             if key_id in self._ids.values() or digest in self._ids:
@@ -42,13 +46,17 @@ class KeyRing:
             self._ids[digest] = key_id
 
     @classmethod
-    def from_sources(cls, keys: Iterable[str], keys_file: Path | None) -> KeyRing:
+    def from_sources(cls, keys: Iterable[str], keys_file: Path | None, *, require_names: str | None = None) -> KeyRing:
         """Keys given directly plus the lines of ``keys_file`` (blank lines and ``#`` comments skipped)."""
         entries = list(keys)
         if keys_file is not None:
             lines = keys_file.read_text().splitlines()
             entries += [line for line in (raw.strip() for raw in lines) if line and not line.startswith("#")]
-        return cls(entries)
+        return cls(entries, require_names=require_names)
+
+    def shares_a_secret_with(self, other: KeyRing) -> bool:
+        """True when a secret of this ring is also in ``other``."""
+        return not self._ids.keys().isdisjoint(other._ids.keys())
 
     @property
     def enabled(self) -> bool:

@@ -22,7 +22,7 @@ from app.runner import ModelRunner
 from app.security import ANONYMOUS, UNAUTHENTICATED, Budget, KeyRing
 from app.settings import ServeSettings
 from app.state import StateStore, TokenBucket, open_state
-from defense import SparseLogits
+from defense import Disclosure, LogitPolicy, SparseLogits
 
 logger = logging.getLogger("stingy.serve")
 
@@ -43,17 +43,23 @@ class Service:
     def __init__(self, settings: ServeSettings) -> None:
         """Check the key configuration and set up metrics and the access log; nothing is loaded yet.
 
-        Raises ``ValueError`` for a bad key entry, and when no key is configured while ``settings.host`` can be
-        reached from other machines, unless ``settings.allow_anonymous`` says the owner wants an open server.
+        Raises ``ValueError`` for a bad key configuration, and when no key is configured while ``settings.host``
+        can be reached from other machines, unless ``settings.allow_anonymous`` says the owner wants an open server.
 
-        Only the keys' SHA-256 digests are kept: the secrets are dropped from the service's copy of the settings.
+        Only the keys' SHA-256 digests are kept: the secrets (API keys and the metrics key) are dropped from the
+        service's copy of the settings.
         """
-        self.keys = KeyRing.from_sources((key.get_secret_value() for key in settings.api_keys), settings.api_keys_file)
+        names_needed = "with a budget, a key's count is kept under its name" if settings.budget_images is not None else None
+        self.keys = KeyRing.from_sources((key.get_secret_value() for key in settings.api_keys), settings.api_keys_file,
+                                         require_names=names_needed)
         if not self.keys.enabled and not settings.allow_anonymous and not is_loopback(settings.host):
             raise ValueError(f"no API key is configured and {settings.host} can be reached from other machines, so anyone could "
                              "query the model: set STINGY_API_KEYS or --api-keys-file, or pass --allow-anonymous "
                              "(STINGY_ALLOW_ANONYMOUS=1) to serve it open on purpose")
-        self.settings = settings = settings.model_copy(update={"api_keys": []})
+        self.metrics_keys = KeyRing([f"metrics:{settings.metrics_key.get_secret_value()}"]) if settings.metrics_key else None
+        if self.metrics_keys is not None and self.metrics_keys.shares_a_secret_with(self.keys):
+            raise ValueError("STINGY_METRICS_KEY must differ from every API key (it shows every key's usage)")
+        self.settings = settings = settings.model_copy(update={"api_keys": [], "metrics_key": None})
         self.name = settings.served_name
         self.limits = InputLimits(settings.max_images_per_request, settings.max_image_pixels)
         self.key_bucket = TokenBucket.per_second("key", settings.rate_limit, settings.rate_burst) if settings.rate_limit else None
@@ -64,6 +70,7 @@ class Service:
         self.budget: Budget | None = None
         self.runner: ModelRunner | None = None
         self.batcher: DynamicBatcher | None = None
+        self.disclosure: Disclosure | None = None
         self.ready = False
         self.warmup_error: str | None = None
         self._warmup: asyncio.Task[None] | None = None
@@ -71,13 +78,15 @@ class Service:
     # ---- life cycle ----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the checkpoint (errors propagate: the server does not start), start batching, and warm up
-        in the background; :attr:`ready` turns true when the warm-up pass is done."""
+        """Load the checkpoint and check what its policy discloses (errors propagate: the server does not
+        start), start batching, and warm up in the background; :attr:`ready` turns true when that is done."""
         settings = self.settings
-        self.runner = await run_in_threadpool(
+        runner = await run_in_threadpool(
             ModelRunner, settings.checkpoint, settings.release_policy, device=settings.device, max_batch_size=settings.max_batch_size
         )
-        if settings.budget_images is not None or self.key_bucket is not None or self.keys.enabled:
+        self.disclosure = settings.check_disclosure(runner.num_classes)
+        self.runner = runner
+        if settings.budget_images is not None or self.key_bucket is not None or self.keys.enabled or self.metrics_keys is not None:
             self.state = await run_in_threadpool(open_state, settings.state, settings.budget_db)
             logger.info("budgets and rate limits in %s", self.state.kind)
         if settings.budget_images is not None:
@@ -87,14 +96,24 @@ class Service:
             logger.warning("NO API KEYS: anyone who can connect to %s:%d may query the model, unidentified and without a key "
                            "of their own (every client is %r and shares one budget and rate limit); set STINGY_API_KEYS or "
                            "--api-keys-file to require keys", settings.host, settings.port, ANONYMOUS)
-        if not self.runner.policy.masks:
-            logger.warning("policy %r releases all %d classes per image: this server does not hide the teacher's logits",
-                           self.runner.policy.name, self.runner.num_classes)
+        self._announce_policy(runner.policy)
         self.batcher = DynamicBatcher(self.runner.forward, max_batch_size=settings.max_batch_size,
                                       max_delay_s=settings.max_delay_ms / 1000.0, merge=settings.batching,
                                       max_queue_images=settings.max_queue_images, observe=self.metrics.observe_batch)
         self.batcher.start()
         self._warmup = asyncio.get_running_loop().create_task(self._warm_up(), name="stingy-warmup")
+
+    def _announce_policy(self, policy: LogitPolicy) -> None:
+        """Log what the policy releases per image: a warning when it is more than N < K logits or replayable."""
+        assert self.disclosure is not None
+        if self.disclosure.withholds:
+            logger.info("policy %s releases per image: %s", policy.public_config(), self.disclosure.summary)
+        else:
+            logger.warning("policy %s releases per image: %s; this server does not hide the teacher's logits "
+                           "(allowed by --allow-disclosing-policy)", policy.public_config(), self.disclosure.summary)
+        if policy.replayable:
+            logger.warning("policy %r draws its randomness from a fixed seed: whoever learns the seed can replay and "
+                           "subtract it; leave the seed unset to draw from the operating system", policy.name)
 
     async def _warm_up(self) -> None:
         assert self.runner is not None

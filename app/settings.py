@@ -15,7 +15,7 @@ from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_valid
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.state import check_state_url
-from defense import LogitPolicy, policy_from_fields
+from defense import Disclosure, LogitPolicy, policy_from_fields
 from training.devices import resolve_device
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
@@ -34,6 +34,9 @@ class ServeSettings(BaseSettings):
     k: int | None = Field(None, description="N directly: the policy keeps exactly k classes")
     policy_params: dict[str, Any] = Field(default_factory=dict, description="other policy parameters, JSON object")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    allow_disclosing_policy: bool = Field(
+        False, description="serve a policy that releases something of every class (normal, reverse, N = K, ...)")
+    show_model_details: bool = Field(False, description="show the architecture and training dataset on /v1/model")
 
     # network
     host: str = "127.0.0.1"
@@ -67,6 +70,7 @@ class ServeSettings(BaseSettings):
     rate_burst: int | None = Field(None, ge=1, description="token-bucket size (default: ceil(rate_limit))")
     auth_failure_rate: float = Field(1.0, gt=0, description="failed authentications per second per client address (with keys)")
     auth_failure_burst: int = Field(30, ge=1, description="failed authentications a client address may make at once")
+    metrics_key: SecretStr | None = Field(None, description="the key that reads /metrics (API keys cannot)")
 
     _policy: LogitPolicy | None = PrivateAttr(None)
 
@@ -111,6 +115,15 @@ class ServeSettings(BaseSettings):
         """The model name in URLs and responses."""
         assert self.model_name is not None  # filled in by the validator
         return self.model_name
+
+    def check_disclosure(self, num_classes: int) -> Disclosure:
+        """What the policy releases per image for ``num_classes`` classes; ``ValueError`` when it releases
+        something of every class (see :class:`defense.Disclosure`) and ``allow_disclosing_policy`` is off."""
+        disclosure = self.release_policy.disclosure(num_classes)
+        if not disclosure.withholds and not self.allow_disclosing_policy:
+            raise ValueError(f"policy {self.release_policy.public_config()} releases {disclosure.summary}, not just N < K "
+                             "logits per image; serve it only with --allow-disclosing-policy (STINGY_ALLOW_DISCLOSING_POLICY=1)")
+        return disclosure
 
     @property
     def release_policy(self) -> LogitPolicy:

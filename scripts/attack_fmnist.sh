@@ -17,6 +17,6 @@ serve_and_attack() {  # policy, port, extra serve flags...
   stingy-attack run --url "http://127.0.0.1:$port" --dataset fashion-mnist --student lenet5 --out "$OUT/$policy"
 }
 
-serve_and_attack normal 8101
+serve_and_attack normal 8101 --allow-disclosing-policy
 serve_and_attack stingy 8102 --sparse-ratio 0.2
 stingy-attack compare "$OUT/normal" "$OUT/stingy"

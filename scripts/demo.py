@@ -114,8 +114,8 @@ def attack(checkpoint: Path, sparse_ratio: float, workdir: Path, budget: int, ep
     folders = []
     for policy in ("normal", "stingy"):
         args = ["--checkpoint", str(checkpoint), "--policy", policy, "--access-log", "", "--log-level", "warning"]
-        if policy == "stingy":
-            args += ["--sparse-ratio", str(sparse_ratio)]
+        # The normal server releases every raw logit: stingy-serve refuses it without the explicit flag.
+        args += ["--sparse-ratio", str(sparse_ratio)] if policy == "stingy" else ["--allow-disclosing-policy"]
         print(f"\n--- the attacker against a {policy} server ---")
         folders.append(workdir / f"attack-{policy}")
         # A store belongs to one server URL, and each demo run starts its servers on new ports: attack afresh.

@@ -13,7 +13,8 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from app.errors import Unauthorized
+from app.errors import Forbidden, Unauthorized
+from app.security import KeyRing
 from app.service import Service
 
 T = TypeVar("T")
@@ -36,23 +37,36 @@ async def caller(request: Request, service: ServiceDep) -> str:
     ``anonymous``. Without a state store (no keys, no rate limit, no budget) nothing blocks, and nothing
     leaves the event loop.
     """
-    if service.state is None:
-        return _authenticate_and_limit(request, service)
-    return await run_in_threadpool(_authenticate_and_limit, request, service)
+    return await decode(service.state is None, _authenticate_and_limit, request, service)
 
 
 def _authenticate_and_limit(request: Request, service: Service) -> str:
-    try:
-        key_id = service.keys.authenticate(request.headers)
-    except Unauthorized:
-        service.limit_auth_failures(request.client.host if request.client else "unknown")
-        raise
+    key_id = _authenticate(service.keys, request, service)
     request.state.key_id = key_id
     service.limit_rate(key_id)
     return key_id
 
 
 KeyId = Annotated[str, Depends(caller)]
+
+
+async def metrics_reader(request: Request, service: ServiceDep) -> None:
+    """``/metrics`` takes only the metrics key (``STINGY_METRICS_KEY``; 401 without it, failures rate limited
+    like API keys). A server with API keys but no metrics key refuses ``/metrics`` to everyone (403); a server
+    without keys, open to everyone, serves it openly."""
+    if service.metrics_keys is not None:
+        await decode(service.state is None, _authenticate, service.metrics_keys, request, service)
+    elif service.keys.enabled:
+        raise Forbidden("/metrics is off: this server has API keys but no metrics key; set STINGY_METRICS_KEY and scrape with it")
+
+
+def _authenticate(ring: KeyRing, request: Request, service: Service) -> str:
+    """The key id ``ring`` gives the request's key; a failure also counts against the client's address."""
+    try:
+        return ring.authenticate(request.headers)
+    except Unauthorized:
+        service.limit_auth_failures(request.client.host if request.client else "unknown")
+        raise
 
 
 def budget_headers(remaining: int | None) -> dict[str, str]:
@@ -67,8 +81,8 @@ def decodes_inline(body_bytes: int) -> bool:
 
 
 async def decode(inline: bool, decoder: Callable[..., T], *args: object) -> T:
-    """``decoder(*args)``: on the event loop when ``inline``, else in the thread pool (so that a large body
-    does not stall the other requests)."""
+    """``decoder(*args)``: on the event loop when ``inline``, else in the thread pool (so that a large body,
+    or a call to the state store, does not stall the other requests)."""
     if inline:
         return decoder(*args)
     return await run_in_threadpool(decoder, *args)

@@ -1,11 +1,11 @@
-"""Operations routes, always open: liveness, readiness and Prometheus metrics."""
+"""Operations routes: liveness and readiness (always open) and Prometheus metrics (the metrics key)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 
-from app.routes.deps import ServiceDep
+from app.routes.deps import ServiceDep, metrics_reader
 
 router = APIRouter(tags=["operations"])
 
@@ -21,7 +21,8 @@ async def readyz(service: ServiceDep) -> JSONResponse:
     return JSONResponse({"status": "ready", "model": service.name})
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get("/metrics", summary="Prometheus metrics (the metrics key only)", response_class=Response,
+            dependencies=[Depends(metrics_reader)])
 async def metrics(service: ServiceDep) -> Response:
     return Response(service.metrics.exposition(), media_type=service.metrics.content_type)
 

@@ -36,11 +36,14 @@ PREDICT_BODY = {
 async def model_info(key: KeyId, service: ServiceDep) -> JSONResponse:
     runner = service.require_model(service.name)
     card = runner.card
-    document = {
-        "name": service.name, "version": MODEL_VERSION, "dataset": card.dataset, "arch": card.arch,
+    document: dict[str, Any] = {
+        "name": service.name, "version": MODEL_VERSION,
         "num_classes": card.num_classes, "class_names": list(card.class_names), "input_shape": list(runner.spec.shape),
         "policy": runner.policy.public_config(), "released_per_image": runner.released_count,
+        "discloses": service.disclosure.summary if service.disclosure is not None else "",
     }
+    if service.settings.show_model_details:  # the owner's choice: hidden unless asked
+        document.update(dataset=card.dataset, arch=card.arch)
     return JSONResponse(document, headers=budget_headers(await service.budget_remaining(key)))
 
 

@@ -50,7 +50,9 @@ def policy_apps(tiny_teacher: Path, tmp_path_factory: pytest.TempPathFactory) ->
         for case, (name, params) in enumerate(POLICY_CASES):
             top_n = {key: value for key, value in params.items() if key in ("sparse_ratio", "k")}
             others = {key: value for key, value in params.items() if key not in top_n}
-            context = running_app(make_settings(tiny_teacher, folder, policy=name, policy_params=others, **top_n))
+            disclosing = not make_policy(name, **params).disclosure(10).withholds
+            context = running_app(make_settings(tiny_teacher, folder, policy=name, policy_params=others,
+                                                allow_disclosing_policy=disclosing, **top_n))
             contexts.append(context)
             apps[case] = context.__enter__()
         yield apps
@@ -125,6 +127,8 @@ def _check_invariant(document: dict, images: torch.Tensor, policy: LogitPolicy, 
     released = policy.sparse(raw)
     indices, values = _released_from_response(document, count, num_classes)
     assert all(len(row) <= count for row in values), "more than N released values for an image"
+    if policy.disclosure(num_classes).withholds:  # served without --allow-disclosing-policy: the README's promise
+        assert count < num_classes and policy.masks
     if policy.masks:
         kept = torch.zeros_like(raw, dtype=torch.bool).scatter_(1, released.indices, True)
         masked_raw = {float(v) for v in raw[~kept].tolist()}
@@ -167,10 +171,23 @@ def test_every_policy_and_route_once(policy_apps: dict[int, AppClient], referenc
     info = policy_apps[case].get("/v1/model").json()
     assert info["policy"] == policy.public_config() and info["released_per_image"] == policy.released_count(10)
     assert "seed" not in info["policy"], "the noise seed would let a client replay the noise"
+    assert info["discloses"] == policy.disclosure(10).summary
     for route in ROUTES:
         document, sent = _send(policy_apps[case], route, random_images(3, seed=case))
         assert "error" not in document, (route, document)
         _check_invariant(document, sent, policy, reference, exact=name != "gaussian_noise")
+
+
+@pytest.mark.parametrize(("name", "params"), [(n, p) for n, p in POLICY_CASES if not make_policy(n, **p).disclosure(10).withholds]
+                         + [("stingy", {"sparse_ratio": 0.95}), ("stingy", {"k": 10}), ("least", {"k": 10})])
+def test_a_policy_that_releases_every_class_needs_the_explicit_flag(tiny_teacher: Path, tmp_path: Path, name: str,
+                                                                     params: dict[str, Any]) -> None:
+    top_n = {key: value for key, value in params.items() if key in ("sparse_ratio", "k")}
+    others = {key: value for key, value in params.items() if key not in top_n}
+    settings_ = make_settings(tiny_teacher, tmp_path, policy=name, policy_params=others, **top_n)
+    with pytest.raises(ValueError, match="--allow-disclosing-policy"), running_app(settings_):
+        pass
+    assert settings_.model_copy(update={"allow_disclosing_policy": True}).check_disclosure(10) == make_policy(name, **params).disclosure(10)
 
 
 @pytest.mark.slow

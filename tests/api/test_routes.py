@@ -106,10 +106,16 @@ def test_v1_model_describes_model_and_policy(stingy_app: AppClient, reference: R
     ModelInfo.model_validate(info)
     card = reference.card
     assert info == {
-        "name": "teacher", "version": "1", "dataset": card.dataset, "arch": card.arch, "num_classes": card.num_classes,
+        "name": "teacher", "version": "1", "num_classes": card.num_classes,
         "class_names": list(card.class_names), "input_shape": [1, 28, 28], "policy": {"name": "stingy", "sparse_ratio": 0.2},
-        "released_per_image": 2,
+        "released_per_image": 2, "discloses": "the raw logits of 2 of 10 classes (the top N); nothing of the other 8",
     }
+
+
+def test_v1_model_shows_the_architecture_only_when_the_owner_asks(tiny_teacher: Path, tmp_path: Path, reference: Reference) -> None:
+    with running_app(make_settings(tiny_teacher, tmp_path, show_model_details=True)) as client:
+        info = client.get("/v1/model").json()
+    assert (info["arch"], info["dataset"]) == (reference.card.arch, reference.card.dataset)
 
 
 def test_v1_input_forms_release_the_reference_pairs(stingy_app: AppClient, reference: Reference) -> None:
@@ -243,7 +249,8 @@ def test_released_minus_infinity_is_encoded_finitely(tiny_teacher: Path, tmp_pat
     released = reference.released(images, policy)
     masked = torch.isneginf(released.values)
     assert masked.any(), "the test needs some classes rounded to zero"
-    with running_app(make_settings(tiny_teacher, tmp_path, policy="rounding", policy_params={"decimals": 1})) as client:
+    with running_app(make_settings(tiny_teacher, tmp_path, policy="rounding", policy_params={"decimals": 1},
+                                   allow_disclosing_policy=True)) as client:
         v1 = client.post("/v1/predict", json={"pixels": images.tolist()})
         v2 = client.post("/v2/models/teacher/infer", json={"inputs": [_v2_input(images, "UINT8")]})
     for response in (v1, v2):

@@ -15,9 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.security import KeyRing
 from tests.api.conftest import AppClient, make_settings, random_images, running_app
 
-ALICE, BARE, CAROL = "alice-secret-1", "bare-secret-2", "carol-secret-3"
-BARE_ID = "key-" + hashlib.sha256(BARE.encode()).hexdigest()[:8]
-OPEN_ROUTES = ["/healthz", "/readyz", "/metrics", "/v2", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json"]
+ALICE, BARE, CAROL, METRICS = "alice-secret-1", "bare-secret-2", "carol-secret-3", "metrics-secret-4"
+BARE_ID = "key-2"  # its position among the entries: nothing derived from the secret
+OPEN_ROUTES = ["/healthz", "/readyz", "/v2", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json"]
 MODEL_ROUTES = [("GET", "/v1/model"), ("POST", "/v1/predict"), ("GET", "/v2/models/teacher"), ("GET", "/v2/models/teacher/ready"),
                 ("POST", "/v2/models/teacher/infer")]
 
@@ -36,7 +36,7 @@ def keyed_app(tiny_teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     keys_file = folder / "keys.txt"
     keys_file.write_text(f"# model owner's keys\n\ncarol:{CAROL}\n")
     settings = make_settings(tiny_teacher, folder, api_keys=[f"alice:{ALICE}", BARE], api_keys_file=keys_file,
-                             access_log=str(folder / "access.jsonl"))
+                             access_log=str(folder / "access.jsonl"), metrics_key=METRICS)
     with running_app(settings) as client:
         yield client
 
@@ -68,6 +68,35 @@ def test_only_digests_of_keys_are_kept(keyed_app: AppClient) -> None:
     for secret in (ALICE, BARE, CAROL):
         assert secret not in kept and hashlib.sha256(secret.encode()).hexdigest() in kept
     assert service.keys.key_ids == sorted(["alice", BARE_ID, "carol"])
+    assert METRICS not in kept and service.settings.metrics_key is None
+
+
+def test_metrics_take_only_the_metrics_key_and_publish_nothing_derived_from_a_secret(keyed_app: AppClient) -> None:
+    for headers in ({}, bearer(ALICE), {"X-API-Key": CAROL}, bearer("guess")):
+        refused = keyed_app.get("/metrics", headers=headers)
+        assert refused.status_code == 401 and refused.json()["code"] == "unauthorized", headers
+    keyed_app.post("/v1/predict", json=pixels(1), headers={"X-API-Key": BARE})
+    exposition = keyed_app.get("/metrics", headers=bearer(METRICS)).text
+    assert 'stingy_images_served_total{key="key-2"}' in exposition
+    for secret in (ALICE, BARE, CAROL, METRICS):
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        assert not any(digest[:length] in exposition for length in (6, 8, 16)), "a fingerprint of a secret is published"
+
+
+def test_metrics_are_off_on_a_keyed_server_without_a_metrics_key(tiny_teacher: Path, tmp_path: Path) -> None:
+    with running_app(make_settings(tiny_teacher, tmp_path, api_keys=[f"alice:{ALICE}"])) as client:
+        for headers in ({}, bearer(ALICE)):
+            response = client.get("/metrics", headers=headers)
+            assert response.status_code == 403 and "STINGY_METRICS_KEY" in response.json()["error"]
+    with pytest.raises(ValueError, match="must differ from every API key"):
+        running_app(make_settings(tiny_teacher, tmp_path, api_keys=[f"alice:{ALICE}"], metrics_key=ALICE)).__enter__()
+
+
+def test_with_a_budget_every_key_needs_a_name(tiny_teacher: Path, tmp_path: Path) -> None:
+    """A bare secret's id is its position: reordering the keys would hand one key's count to another."""
+    with pytest.raises(ValueError, match="entry 2 has no name") as error:
+        running_app(make_settings(tiny_teacher, tmp_path, api_keys=[f"alice:{ALICE}", BARE], budget_images=5)).__enter__()
+    assert BARE not in str(error.value)
 
 
 def test_key_ring_rejects_empty_and_repeated_keys(tmp_path: Path) -> None:
@@ -84,7 +113,7 @@ def test_key_ring_rejects_empty_and_repeated_keys(tmp_path: Path) -> None:
 # ---- budgets -------------------------------------------------------------------------------------------
 
 def test_budget_counts_images_and_refuses_whole_requests(tiny_teacher: Path, tmp_path: Path) -> None:
-    settings = make_settings(tiny_teacher, tmp_path, api_keys=[f"alice:{ALICE}", f"carol:{CAROL}"], budget_images=10)
+    settings = make_settings(tiny_teacher, tmp_path, api_keys=[f"alice:{ALICE}", f"carol:{CAROL}"], budget_images=10, metrics_key=METRICS)
     with running_app(settings) as client:
         assert client.get("/v1/model", headers=bearer(ALICE)).headers["x-budget-remaining"] == "10"
         first = client.post("/v1/predict", json=pixels(4), headers=bearer(ALICE))
@@ -100,7 +129,7 @@ def test_budget_counts_images_and_refuses_whole_requests(tiny_teacher: Path, tmp
         assert client.post("/v1/predict", json=pixels(10), headers=bearer(CAROL)).headers["x-budget-remaining"] == "0"
         invalid = client.post("/v1/predict", json={"pixels": [[[[999]]]]}, headers=bearer(CAROL))
         assert invalid.status_code == 400  # a malformed request is refused before the budget is looked at
-        metrics = _samples(client.get("/metrics").text)
+        metrics = _samples(client.get("/metrics", headers=bearer(METRICS)).text)
         assert metrics[("stingy_budget_rejections_total", (("key", "alice"),))] == 2
         assert metrics[("stingy_images_served_total", (("key", "alice"),))] == 10
 
@@ -139,7 +168,8 @@ def test_a_failed_forward_refunds_the_budget_and_answers_a_generic_500(tiny_teac
 # ---- rate limits ---------------------------------------------------------------------------------------
 
 def test_rate_limit_answers_429_with_retry_after_per_key(tiny_teacher: Path, tmp_path: Path) -> None:
-    settings = make_settings(tiny_teacher, tmp_path, api_keys=[f"alice:{ALICE}", f"carol:{CAROL}"], rate_limit=0.5, rate_burst=2)
+    settings = make_settings(tiny_teacher, tmp_path, api_keys=[f"alice:{ALICE}", f"carol:{CAROL}"], rate_limit=0.5, rate_burst=2,
+                             metrics_key=METRICS)
     with running_app(settings) as client:
         assert [client.get("/v1/model", headers=bearer(ALICE)).status_code for _ in range(2)] == [200, 200]
         limited = client.post("/v1/predict", json=pixels(1), headers=bearer(ALICE))
@@ -147,14 +177,15 @@ def test_rate_limit_answers_429_with_retry_after_per_key(tiny_teacher: Path, tmp
         assert limited.headers["retry-after"] in ("1", "2")
         assert client.get("/v1/model", headers=bearer(CAROL)).status_code == 200  # another key has its own bucket
         assert client.get("/healthz").status_code == 200  # health routes are not limited
-        metrics = _samples(client.get("/metrics").text)
+        metrics = _samples(client.get("/metrics", headers=bearer(METRICS)).text)
         assert metrics[("stingy_rate_limit_rejections_total", (("key", "alice"),))] == 1
 
 
 def test_failed_authentications_are_rate_limited_per_client_address(tiny_teacher: Path, tmp_path: Path) -> None:
     """Guessing keys costs time: past the burst, a client that keeps failing gets 429, and a valid key from
     the same address still gets in."""
-    settings = make_settings(tiny_teacher, tmp_path, api_keys=[f"alice:{ALICE}"], auth_failure_rate=0.1, auth_failure_burst=3)
+    settings = make_settings(tiny_teacher, tmp_path, api_keys=[f"alice:{ALICE}"], auth_failure_rate=0.1, auth_failure_burst=3,
+                             metrics_key=METRICS)
     with running_app(settings) as client:
         failures = [client.get("/v1/model", headers=headers).status_code for headers in (bearer("guess-1"), {}, bearer("guess-2"))]
         assert failures == [401, 401, 401]
@@ -163,7 +194,7 @@ def test_failed_authentications_are_rate_limited_per_client_address(tiny_teacher
         assert limited.headers["retry-after"] == "10"
         assert client.get("/v1/model", headers=bearer(ALICE)).status_code == 200
         assert client.get("/healthz").status_code == 200
-        metrics = _samples(client.get("/metrics").text)
+        metrics = _samples(client.get("/metrics", headers=bearer(METRICS)).text)
         assert metrics[("stingy_rate_limit_rejections_total", (("key", "unauthenticated"),))] == 1
 
 
@@ -192,7 +223,7 @@ def _samples(exposition: str) -> dict[tuple[str, tuple], float]:
 
 def test_metrics_cover_requests_latency_batches_queue_and_images(keyed_app: AppClient) -> None:
     keyed_app.post("/v1/predict", json=pixels(2), headers=bearer(CAROL))
-    samples = _samples(keyed_app.get("/metrics").text)
+    samples = _samples(keyed_app.get("/metrics", headers=bearer(METRICS)).text)
     assert samples[("stingy_requests_total", (("method", "POST"), ("route", "/v1/predict"), ("status", "200")))] >= 1
     assert samples[("stingy_request_duration_seconds_count", (("route", "/v1/predict"), ("status", "200")))] >= 1
     assert samples[("stingy_batch_size_images_count", ())] >= 1 and samples[("stingy_batch_size_images_sum", ())] >= 2

@@ -20,7 +20,7 @@ from defense import make_policy
 from tests.api.conftest import Reference, random_images
 from app.launch import ServerProcess, running_server
 
-SECRET = "net-secret-1"
+SECRET, METRICS_SECRET = "net-secret-1", "net-metrics-2"
 AUTH = {"Authorization": f"Bearer {SECRET}"}
 STINGY = make_policy("stingy", sparse_ratio=0.2)
 
@@ -30,7 +30,7 @@ def server(tiny_teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     folder = tmp_path_factory.mktemp("server")
     args = ["--checkpoint", str(tiny_teacher), "--device", "cpu", "--policy", "stingy", "--sparse-ratio", "0.2", "--budget-images", "1000",
             "--budget-db", str(folder / "budget.sqlite3"), "--access-log", str(folder / "access.jsonl")]
-    with running_server(args, env={"STINGY_API_KEYS": f"tester:{SECRET}"}, log_dir=folder) as started:
+    with running_server(args, env={"STINGY_API_KEYS": f"tester:{SECRET}", "STINGY_METRICS_KEY": METRICS_SECRET}, log_dir=folder) as started:
         yield started
 
 
@@ -55,7 +55,8 @@ def test_v1_and_v2_over_the_network(server: ServerProcess, reference: Reference)
         v2 = client.post("/v2/models/teacher/infer", json={"inputs": [tensor]}, headers={"X-API-Key": SECRET})
         assert v2.status_code == 200 and v2.headers["x-budget-remaining"] == "996"
         assert v2.json()["outputs"][1]["data"] == released.values.reshape(-1).tolist()
-        assert "stingy_images_served_total" in client.get("/metrics").text
+        assert client.get("/metrics").status_code == 401
+        assert "stingy_images_served_total" in client.get("/metrics", headers={"X-API-Key": METRICS_SECRET}).text
 
 
 @pytest.mark.slow
@@ -132,6 +133,11 @@ def test_sigterm_lets_the_request_in_flight_complete(tiny_teacher: Path, tmp_pat
     (["--checkpoint", "TINY"], {"STINGY_API_KEYS": "alice:"}, "API key entry 1 has an empty secret"),
     (["--checkpoint", "TINY", "--workers", "0"], {}, "workers: Input should be greater than or equal to 1"),
     (["--checkpoint", "TINY"], {"STINGY_STATE": "memcached://x:1"}, "state must be 'sqlite' or a Redis URL"),
+    (["--checkpoint", "TINY", "--policy", "normal"], {}, "releases the raw logits for all 10 classes, not just N < K"),
+    (["--checkpoint", "TINY", "--sparse-ratio", "0.95"], {}, "(N = K: nothing is masked), not just N < K logits per image; serve it "
+                                                             "only with --allow-disclosing-policy"),
+    (["--checkpoint", "TINY", "--budget-images", "5"], {"STINGY_API_KEYS": "a:one,two"}, "API key entry 2 has no name"),
+    (["--checkpoint", "TINY"], {"STINGY_API_KEYS": "a:one", "STINGY_METRICS_KEY": "one"}, "must differ from every API key"),
 ])
 def test_bad_settings_exit_with_status_2_and_one_line(tiny_teacher: Path, monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str], argv: list[str], env: dict[str, str],

@@ -27,8 +27,7 @@ BUDGET = 200
 def serve(checkpoint: Path, policy: str, *options: str) -> Iterator[str]:
     """Run ``stingy-serve`` on a free port until the generator is closed; yields its URL once ready."""
     args = ["--checkpoint", str(checkpoint), "--policy", policy, "--access-log", "", *options]
-    if policy == "stingy":
-        args += ["--k", str(K_STINGY)]
+    args += ["--k", str(K_STINGY)] if policy == "stingy" else ["--allow-disclosing-policy"]
     with running_server(args) as server:
         yield server.url
 
