@@ -26,6 +26,7 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
 
+from app.connections import ServerConfig
 from app.errors import describe_validation_errors
 from app.listen import ListenError, check_can_listen
 from app.main import create_app
@@ -61,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--port", type=int, help="port (default 8000)")
     net.add_argument("--workers", type=int, help="server processes sharing the port, each with its own model (default 1)")
     net.add_argument("--graceful-timeout-s", type=float, help="on SIGTERM, how long requests in flight may take (default 30)")
+    net.add_argument("--keep-alive-timeout-s", type=float, help="close an idle keep-alive connection after this long (default 5)")
+    net.add_argument("--header-timeout-s", type=float,
+                     help="close a connection that has not sent a whole request head within this long (default 10)")
+    net.add_argument("--body-timeout-s", type=float, help="answer 408 to a request whose body takes longer (default 30)")
     net.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], help="(default info)")
     net.add_argument("--access-log", help="JSON-lines access log file; '-' for standard output (default), '' for none")
     batching = parser.add_argument_group("batching")
@@ -117,13 +122,14 @@ def serve(args: argparse.Namespace) -> int:
     config: dict[str, Any] = {
         "host": settings.host, "port": settings.port, "log_level": settings.log_level, "access_log": False,
         "lifespan": "on", "timeout_graceful_shutdown": settings.graceful_timeout_s,
+        "timeout_keep_alive": settings.keep_alive_timeout_s, "header_timeout_s": settings.header_timeout_s,
     }
     if settings.workers > 1:
         share_with_workers(_given(args))
-        started = run_workers(uvicorn.Config("app.cli:worker_app", factory=True, workers=settings.workers,
-                                             timeout_worker_healthcheck=WORKER_HEALTHCHECK_S, **config))
+        started = run_workers(ServerConfig("app.cli:worker_app", factory=True, workers=settings.workers,
+                                           timeout_worker_healthcheck=WORKER_HEALTHCHECK_S, **config))
         return 0 if started else EXIT_NOT_STARTED
-    server = uvicorn.Server(uvicorn.Config(app, **config))
+    server = uvicorn.Server(ServerConfig(app, **config))
     server.run()
     return 0 if server.started else EXIT_NOT_STARTED
 

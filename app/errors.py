@@ -49,6 +49,15 @@ class PayloadTooLarge(ServiceError):
     status, code = 413, "payload_too_large"
 
 
+class RequestTimeout(ServiceError):
+    """The request body did not arrive within the body deadline (408); the connection is closed."""
+
+    status, code = 408, "request_timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Connection": "close"})
+
+
 class Unauthorized(ServiceError):
     """A missing or unknown API key (401)."""
 

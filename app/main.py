@@ -54,7 +54,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     hot = [route for router in (v1.router, v2.router) for route in router.routes
            if isinstance(route, APIRoute) and route.endpoint in HOT_ENDPOINTS]
     app.add_middleware(FastPathMiddleware, routes=hot)  # innermost: inside the body limit, metrics and access log
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     app.add_middleware(ObservabilityMiddleware, metrics=service.metrics, access_log=service.access_log)  # outermost
     app.openapi = _openapi_with_request_models(app)  # type: ignore[method-assign]
     return app

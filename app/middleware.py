@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -9,7 +10,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.access_log import AccessLog
-from app.errors import PayloadTooLarge
+from app.errors import PayloadTooLarge, RequestTimeout
 from app.metrics import ServiceMetrics
 
 UNMATCHED_ROUTE = "unmatched"
@@ -17,11 +18,14 @@ UNMATCHED_ROUTE = "unmatched"
 
 class BodyLimitMiddleware:
     """Refuse bodies over ``max_bytes`` with 413: at once when ``Content-Length`` says so, otherwise as soon
-    as the streamed body passes the limit (the route reading it gets :class:`PayloadTooLarge`)."""
+    as the streamed body passes the limit (the route reading it gets :class:`PayloadTooLarge`). A body that
+    has not arrived whole ``timeout_s`` seconds after the request began gets 408 and the connection is
+    closed (:class:`RequestTimeout`), so a client sending a byte at a time holds nothing for longer."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -32,13 +36,20 @@ class BodyLimitMiddleware:
             response = PayloadTooLarge(self._message(f"{declared} bytes")).response()
             await response(scope, receive, send)
             return
-        received = 0
+        received, complete = 0, False
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # e.g. waiting for a disconnect while the response streams: no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - asyncio.get_running_loop().time(), 0.0))
+            except TimeoutError:
+                raise RequestTimeout(f"request body not received within {self.timeout_s:g} s") from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if received > self.max_bytes:
                     raise PayloadTooLarge(self._message("the streamed body"))
             return message

@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from app.errors import Unauthorized
+from app.errors import BudgetExhausted, Unauthorized
 from app.state import Reservation, StateStore
 
 ANONYMOUS = "anonymous"
@@ -83,7 +83,8 @@ class KeyRing:
 
 class Budget:
     """Each key may query ``limit`` images in total, counted in a :class:`StateStore` that every server process
-    shares: a request's images are reserved whole or not at all, so concurrent requests never overspend."""
+    shares: a request's images are charged whole or not at all, so concurrent requests never overspend. The
+    service checks before the forward pass and charges after it (a key pays for what it was answered)."""
 
     def __init__(self, store: StateStore, limit: int) -> None:
         self.store = store
@@ -93,9 +94,11 @@ class Budget:
         """Count ``images`` against ``key_id``; raises :class:`app.errors.BudgetExhausted` (counting nothing) when they do not fit."""
         return self.store.reserve(key_id, images, self.limit)
 
-    def refund(self, reservation: Reservation) -> None:
-        """Give back a reservation whose request failed on the server's side."""
-        self.store.refund(reservation)
+    def check(self, key_id: str, images: int) -> None:
+        """Raise :class:`app.errors.BudgetExhausted` when ``images`` exceed what ``key_id`` has left; counts nothing."""
+        used = self.used(key_id)
+        if used + images > self.limit:
+            raise BudgetExhausted(used, self.limit, images)
 
     def used(self, key_id: str) -> int:
         return self.store.used(key_id)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 from torch import Tensor
@@ -27,6 +28,7 @@ from defense import Disclosure, LogitPolicy, SparseLogits
 logger = logging.getLogger("stingy.serve")
 
 MODEL_VERSION = "1"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -199,33 +201,36 @@ class Service:
         return None if self.budget is None else await run_in_threadpool(self.budget.remaining, key_id)
 
     async def infer(self, key_id: str, images: Tensor) -> Inference:
-        """Reserve budget for the decoded ``images``, run them through the batcher, and count them as served.
+        """Run the decoded ``images`` through the batcher, then charge them to ``key_id``'s budget.
 
-        A request that does not fit the remaining budget is refused whole (nothing counted); a reservation
-        is given back if the server fails to answer. A request that does not fit the batching queue is
+        Answer, then charge: a request that does not fit what the key has left is refused whole before the
+        forward pass (403, nothing counted), and the charge itself (atomic in the state store, refused if other
+        requests spent the budget meanwhile: then nothing is released) comes after the forward pass, as the
+        last step before the response is encoded and sent. A request the server fails to answer, or one lost
+        in a crash before that point, costs nothing. A request that does not fit the batching queue is
         refused with :class:`Overloaded` (503), with nothing counted.
         """
         runner = self.require_ready()
         runner.check_input(images)
         count = int(images.shape[0])
         self._require_room(count)
-        reservation = None
         if self.budget is not None:
-            try:
-                reservation = await run_in_threadpool(self.budget.reserve, key_id, count)
-            except BudgetExhausted:
-                self.metrics.budget_rejections.labels(key_id).inc()
-                raise
+            await self._charge(self.budget.check, key_id, count)
         assert self.batcher is not None
         try:
             released = await self.batcher.submit(images)
-        except BaseException as error:
-            if self.budget is not None and reservation is not None:
-                self.budget.refund(reservation)
-            if isinstance(error, BatcherClosed):
-                raise NotReady("the server is shutting down") from None
-            if isinstance(error, QueueFull):
-                self._shed(f"the server is overloaded ({error}); retry shortly")
-            raise
+        except BatcherClosed:
+            raise NotReady("the server is shutting down") from None
+        except QueueFull as error:
+            self._shed(f"the server is overloaded ({error}); retry shortly")
+        reservation = None if self.budget is None else await self._charge(self.budget.reserve, key_id, count)
         self.metrics.images_served.labels(key_id).inc(count)
         return Inference(released, None if reservation is None else reservation.remaining)
+
+    async def _charge(self, step: Callable[[str, int], T], key_id: str, count: int) -> T:
+        """A budget step (check or charge) off the event loop, counting its refusals in the metrics."""
+        try:
+            return await run_in_threadpool(step, key_id, count)
+        except BudgetExhausted:
+            self.metrics.budget_rejections.labels(key_id).inc()
+            raise

@@ -151,7 +151,7 @@ def test_concurrent_requests_never_overspend_and_a_restart_keeps_the_count(tiny_
         assert restarted.post("/v1/predict", json=pixels(1), headers=bearer(ALICE)).status_code == 200
 
 
-def test_a_failed_forward_refunds_the_budget_and_answers_a_generic_500(tiny_teacher: Path, tmp_path: Path,
+def test_a_failed_forward_costs_nothing_and_answers_a_generic_500(tiny_teacher: Path, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     settings = make_settings(tiny_teacher, tmp_path, budget_images=5)
     with running_app(settings, raise_app_exceptions=False) as client:

@@ -1,0 +1,62 @@
+"""uvicorn's HTTP protocol with a deadline for every request head, and the server config that selects it.
+
+uvicorn closes an idle keep-alive connection after ``timeout_keep_alive`` seconds, but only once a response
+has been sent, and any byte that arrives restarts that wait: a connection that never sends a request, or
+sends its head a byte at a time, stays open for ever. Here a connection must deliver a complete request head
+within ``header_timeout_s`` of opening and of each response; past that, with no request in progress, the
+server closes it. (The body of a request has its own deadline: :class:`app.middleware.BodyLimitMiddleware`.)
+
+Both classes live at module level so that ``--workers`` can hand the config to its spawned processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+
+class HeadDeadlineProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+    """uvicorn's HTTP protocol (httptools when installed, else h11) that closes a connection whose request
+    head has not arrived ``config.header_timeout_s`` seconds after it opened or after its last response."""
+
+    _head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_deadline()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_head_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_deadline()
+        super().connection_lost(exc)
+
+    def _arm_head_deadline(self) -> None:
+        self._disarm_head_deadline()
+        if not self.transport.is_closing():
+            self._head_deadline = self.loop.call_later(self.config.header_timeout_s, self._head_overdue)
+
+    def _disarm_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_overdue(self) -> None:
+        self._head_deadline = None
+        if self.cycle is None or self.cycle.response_complete:  # no request in progress: the head never came
+            self.transport.close()
+
+
+class ServerConfig(uvicorn.Config):
+    """``uvicorn.Config`` serving HTTP with :class:`HeadDeadlineProtocol` and its ``header_timeout_s``."""
+
+    def __init__(self, app: Any, *, header_timeout_s: float, **options: Any) -> None:
+        if header_timeout_s <= 0:
+            raise ValueError(f"header_timeout_s must be positive, got {header_timeout_s!r}")
+        super().__init__(app, http=HeadDeadlineProtocol, **options)
+        self.header_timeout_s = header_timeout_s
