@@ -103,11 +103,6 @@ class LogitPolicy(ABC):
         return {key: value for key, value in self.config().items() if key not in self.secret_parameters}
 
 
-def every_raw_logit(num_classes: int) -> Disclosure:
-    """The disclosure of a top-N policy whose ``N`` reaches ``K``: nothing is masked."""
-    return Disclosure(f"the raw logits of all {num_classes} classes (N = K: nothing is masked)", withholds=False)
-
-
 def _check_logits(logits: Tensor) -> None:
     if not isinstance(logits, Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
@@ -141,6 +136,17 @@ class TopNPolicy(LogitPolicy):
             return self.k
         return count_from_ratio(0.1 if self.sparse_ratio is None else self.sparse_ratio, num_classes)
 
+    def disclosure(self, num_classes: int) -> Disclosure:
+        """``N = K``: every raw logit (nothing is masked); ``N < K``: :meth:`partial_disclosure`."""
+        n = self.keep_count(num_classes)
+        if n >= num_classes:
+            return Disclosure(f"the raw logits of all {num_classes} classes (N = K: nothing is masked)", withholds=False)
+        return self.partial_disclosure(n, num_classes)
+
+    @abstractmethod
+    def partial_disclosure(self, n: int, num_classes: int) -> Disclosure:
+        """What the policy releases per image when it keeps ``n < num_classes`` classes."""
+
 
 class MaskingTopNPolicy(TopNPolicy):
     """A :class:`TopNPolicy` that releases exactly ``N`` finite logits per row and ``-inf`` for the rest."""
@@ -154,10 +160,7 @@ class MaskingTopNPolicy(TopNPolicy):
     def released_count(self, num_classes: int) -> int:
         return self.keep_count(num_classes)
 
-    def disclosure(self, num_classes: int) -> Disclosure:
-        """``N < K``: the raw logits of the kept classes and nothing of the others; ``N = K``: every raw logit."""
-        n = self.keep_count(num_classes)
-        if n >= num_classes:
-            return every_raw_logit(num_classes)
+    def partial_disclosure(self, n: int, num_classes: int) -> Disclosure:
+        """The raw logits of the kept classes and nothing of the others."""
         return Disclosure(f"the raw logits of {n} of {num_classes} classes ({self.kept_classes}); "
                           f"nothing of the other {num_classes - n}", withholds=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from defense.base import Disclosure, LogitPolicy, MaskingTopNPolicy, TopNPolicy, every_raw_logit
+from defense.base import Disclosure, LogitPolicy, MaskingTopNPolicy, TopNPolicy
 from defense.ranking import ascending_order, descending_order, mask_from_indices
 
 
@@ -60,10 +60,7 @@ class StingySmooth(TopNPolicy):
 
     name = "stingy_smooth"
 
-    def disclosure(self, num_classes: int) -> Disclosure:
-        n = self.keep_count(num_classes)
-        if n >= num_classes:
-            return every_raw_logit(num_classes)
+    def partial_disclosure(self, n: int, num_classes: int) -> Disclosure:
         return Disclosure(f"the raw logits of the top {n} of {num_classes} classes and, in place of each of the other "
                           f"{num_classes - n}, the mean of their raw logits", withholds=False)
 
