@@ -13,6 +13,7 @@ client sending one request at a time, ``--requests`` (batch 1) or ``--requests-l
 
     latency = seconds from sending a request to having its whole answer (p50, p90, mean over the requests)
     server memory = the server process's peak resident set size (VmHWM in /proc), when ready and at the end
+    baseline memory = the peak resident set size of a Python process that only imports torch and torchvision
 
 and, for reference, the in-process ceiling (:func:`bench.ceiling.measure_ceiling`: the server's forward path
 without HTTP) at B = 1 and 32. Raw records: ``OUT/import_serving.json`` and ``OUT/import_serving.txt``.
@@ -113,13 +114,17 @@ def main(argv: list[str] | None = None) -> int:
                                  "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     with tempfile.TemporaryDirectory(prefix="stingy-bench-import-") as scratch:
         weights, checkpoint = Path(scratch) / "model.pth", Path(scratch) / "model.safetensors"
+        baseline = subprocess.run([sys.executable, "-c", "import resource, torch, torchvision; "
+                                   "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"], capture_output=True, text=True, check=True)
+        record["python_torch_torchvision_peak_rss_mib"] = int(baseline.stdout) / 1024
+        say(report, f"a Python process that only imports torch and torchvision: peak RSS {record['python_torch_torchvision_peak_rss_mib']:.0f} MiB")
         save_user_weights(args.arch, args.classes, 224, weights)
         command = [sys.executable, "-m", "training.cli", "import", "--arch", args.arch, "--weights", str(weights), "--out", str(checkpoint)]
         started = time.perf_counter()
         imported = subprocess.run(command, capture_output=True, text=True, check=True)
         step = {"seconds": time.perf_counter() - started, "peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
                 "output": imported.stdout.strip(), "weights_mib": weights.stat().st_size / 2**20}
-        record["import"] = step
+        record["import"] = step  # RUSAGE_CHILDREN: the largest child so far, the import command (the baseline is smaller)
         say(report, f"\nimport: {step['output']} in {step['seconds']:.1f} s, peak RSS {step['peak_rss_mib']:.0f} MiB; "
                     f"weights file {step['weights_mib']:.0f} MiB")
         card = read_card(checkpoint)

@@ -197,27 +197,42 @@ def _image_size(options: ImportOptions, defaults: InputDefaults | None) -> int:
 def infer_num_classes(arch: str, in_channels: int, image_size: int, weights: dict[str, Tensor], path: Path) -> int:
     """The output count of the weights' head: the architecture's last tensor whose first dimension is its
     class count (e.g. ``fc.bias``), looked up in ``weights``. Weights without that tensor do not fit the
-    architecture: the :func:`fit_weights` error says how."""
-    probe = _build(arch, HEAD_PROBE, in_channels, image_size)
-    head = [key for key, value in probe.state_dict().items() if value.ndim >= 1 and value.shape[0] == HEAD_PROBE]
+    architecture: the :func:`check_fit` error says how."""
+    shapes = _probe_shapes(arch, in_channels, image_size)
+    head = [key for key, shape in shapes.items() if len(shape) >= 1 and shape[0] == HEAD_PROBE]
     if head and head[-1] in weights and weights[head[-1]].ndim >= 1:
         return int(weights[head[-1]].shape[0])
-    fit_weights(probe, weights, arch, path)
+    check_fit(shapes, weights, arch, path)
     raise ImportFailure(f"cannot find the classification head of {arch} in {path}; pass --num-classes")
 
 
-def fit_weights(model: nn.Module, weights: dict[str, Tensor], arch: str, path: Path) -> None:
-    """Load ``weights`` into ``model`` strictly, or raise one :class:`ImportFailure` naming the first few
-    missing, unexpected and mismatched keys."""
-    expected = model.state_dict()
+def _probe_shapes(arch: str, in_channels: int, image_size: int) -> dict[str, torch.Size]:
+    """The state_dict shapes of ``arch`` built for :data:`HEAD_PROBE` classes: on the meta device (no memory, no
+    initialisation) where the architecture allows it, else for real."""
+    try:
+        with torch.device("meta"):
+            model = _build(arch, HEAD_PROBE, in_channels, image_size)
+    except (RuntimeError, NotImplementedError):  # builders that initialise from data (e.g. RegNet) need real tensors
+        model = _build(arch, HEAD_PROBE, in_channels, image_size)
+    return {key: value.shape for key, value in model.state_dict().items()}
+
+
+def check_fit(expected: dict[str, torch.Size], weights: dict[str, Tensor], arch: str, path: Path) -> None:
+    """Raise one :class:`ImportFailure` naming the first few missing, unexpected and mismatched keys of
+    ``weights`` against the ``expected`` shapes, if any."""
     missing = [key for key in expected if key not in weights]
     unexpected = [key for key in weights if key not in expected]
-    mismatched = [f"{key} {list(weights[key].shape)} in the file, {list(value.shape)} in the model"
-                  for key, value in expected.items() if key in weights and weights[key].shape != value.shape]
+    mismatched = [f"{key} {list(weights[key].shape)} in the file, {list(shape)} in the model"
+                  for key, shape in expected.items() if key in weights and weights[key].shape != shape]
     problems = [_listed(label, keys) for label, keys in (("missing", missing), ("unexpected", unexpected),
                                                          ("of another shape", mismatched)) if keys]
     if problems:
         raise ImportFailure(f"{path} does not fit {arch}: {'; '.join(problems)}")
+
+
+def fit_weights(model: nn.Module, weights: dict[str, Tensor], arch: str, path: Path) -> None:
+    """Load ``weights`` into ``model`` strictly after :func:`check_fit`."""
+    check_fit({key: value.shape for key, value in model.state_dict().items()}, weights, arch, path)
     model.load_state_dict(weights, strict=True)
 
 

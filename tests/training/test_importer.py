@@ -16,7 +16,10 @@ from tests.fixtures.photos import PHOTO_SIZES, photo, standardise_head, torchvis
 from training.checkpoint import load_checkpoint, read_card
 from training.cli import main
 from training.data import load_dataset
-from training.importer import ImportFailure, ImportOptions, build_card, import_model, input_defaults, measure_accuracy
+from training.models import create_model
+from training.importer import (
+    ImportFailure, ImportOptions, build_card, import_model, infer_num_classes, input_defaults, measure_accuracy,
+)
 from training.preprocess import InputPreparation
 
 
@@ -129,8 +132,6 @@ def test_torchvision_defaults_come_from_its_weights_tables() -> None:
 
 
 def test_registry_architecture_with_its_own_input_facts(tmp_path: Path) -> None:
-    from training.models import create_model
-
     torch.manual_seed(1)
     lenet = create_model("lenet5", 10, 1, 28).eval()
     torch.save(lenet.state_dict(), tmp_path / "lenet.pth")
@@ -169,3 +170,18 @@ def test_accuracy_is_measured_on_photos_prepared_like_torchvision(resnet_pth: Pa
     assert f"test accuracy {expected:.2f}%" in capsys.readouterr().out
     with pytest.raises(ImportFailure, match="the test data has 10 classes"):
         measure_accuracy(reference, card, load_dataset("synthetic", "test", size=8, in_channels=3, image_size=64))
+
+
+@pytest.mark.parametrize("name, size", [("vit_b_16", 64), ("maxvit_t", 224), ("efficientnet_b0", 224), ("convnext_tiny", 96),
+                                        ("swin_t", 96), ("inception_v3", 299), ("squeezenet1_0", 96), ("regnet_y_400mf", 96)])
+def test_torchvision_classifiers_build_for_any_class_count_and_their_head_is_found(name: str, size: int, tmp_path: Path) -> None:
+    """Built on the meta device (shapes only) where the architecture allows it: no memory, no initialisation."""
+    arch = f"torchvision:{name}"
+    try:
+        with torch.device("meta"):
+            model = create_model(arch, 7, 3, size).eval()
+    except RuntimeError:  # RegNet initialises from real tensors
+        model = create_model(arch, 7, 3, size).eval()
+    with torch.device("meta"), torch.inference_mode():
+        assert model.to("meta")(torch.zeros(2, 3, size, size)).shape == (2, 7)
+    assert infer_num_classes(arch, 3, size, model.state_dict(), tmp_path / "weights.pth") == 7
