@@ -21,12 +21,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from attacker.client import AttackError, ProtocolError, RetryPolicy, ServerUnavailable
 from attacker.distill import distill
+from attacker.errors import AttackError, ProtocolError, ServerUnavailable
 from attacker.query import QueryOutcome, QuerySettings, TargetMismatch, run_query
 from attacker.report import ReportError, compare, write_report
 from attacker.store import ResponseStore, StoreError
 from attacker.strategies import DEFAULT_STRATEGIES, STRATEGIES, Strategy, make_strategy
+from attacker.transport import RetryPolicy
 from training.console import (
     EXIT_USAGE, ErrorExit, UsageError, add_folder_argument, add_optimizer_options, folder_argument, run_command, train_config,
 )

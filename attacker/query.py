@@ -18,8 +18,11 @@ import httpx
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from attacker.client import BudgetExhausted, PayloadTooLarge, RetryPolicy, ServerInfo, TeacherClient, check_client_options
+from attacker.client import TeacherClient, check_client_options
+from attacker.errors import BudgetExhausted, PayloadTooLarge
 from attacker.store import ResponseStore, to_ranges
+from attacker.transport import RetryPolicy
+from attacker.wire import ServerInfo
 from training.data import ImageDataset, load_dataset, subset_positions
 from training.progress import progress_enabled
 
@@ -102,7 +105,7 @@ def check_target(info: ServerInfo, dataset: ImageDataset) -> int:
 def run_query(settings: QuerySettings, out: str | Path, transport: httpx.AsyncBaseTransport | None = None) -> QueryOutcome:
     """Query every planned image that ``out`` does not hold yet; returns how the session ended.
 
-    Server failures (:mod:`attacker.client` errors) propagate after the answers already received are
+    Server failures (:mod:`attacker.errors`) propagate after the answers already received are
     stored; an exhausted budget is a normal end (``status == "budget_exhausted"``).
     """
     dataset = load_dataset(settings.dataset, settings.split, settings.data_root, **settings.dataset_options)

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from attacker.client import TopN
+from attacker.wire import TopN
 from training.io import append_json_line, atomic_write_json, read_json_lines
 
 FORMAT = "stingy-teacher/attack-store/1"

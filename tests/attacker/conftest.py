@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from app.launch import free_port, running_process
-from attacker.client import RetryPolicy
+from attacker.transport import RetryPolicy
 from tests.attacker.fake_server import Knobs, create_app
 
 REPO = Path(__file__).resolve().parents[2]

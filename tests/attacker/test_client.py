@@ -13,19 +13,10 @@ import httpx
 import pytest
 import torch
 
-from attacker.client import (
-    AttackError,
-    BudgetExhausted,
-    PayloadTooLarge,
-    ProtocolError,
-    RateLimited,
-    RetryPolicy,
-    ServerUnavailable,
-    TeacherClient,
-    TopN,
-    Unauthorized,
-    released_row,
-)
+from attacker.client import TeacherClient
+from attacker.errors import AttackError, BudgetExhausted, PayloadTooLarge, ProtocolError, RateLimited, ServerUnavailable, Unauthorized
+from attacker.transport import RetryPolicy
+from attacker.wire import TopN, released_row
 from defense import make_policy
 from tests.attacker.conftest import FAST_RETRY
 from training.checkpoint import load_checkpoint

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from attacker.client import ServerUnavailable
+from attacker.errors import ServerUnavailable
 from attacker.query import QuerySettings, TargetMismatch, plan_transfer_set, run_query
 from attacker.store import ResponseStore
 from tests.attacker.conftest import FAST_RETRY

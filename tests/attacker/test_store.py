@@ -10,8 +10,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from attacker.client import TopN
 from attacker.store import ResponseStore, StoreError, StoreMismatch, from_ranges, to_ranges
+from attacker.wire import TopN
 
 IDENTITY = {"url": "http://s", "model": "m", "released_per_image": 2, "policy": {"name": "stingy", "k": 2},
             "dataset": "synthetic", "split": "train", "dataset_size": 100, "num_classes": 10}
