@@ -14,6 +14,7 @@ import pytest
 
 from app.launch import ServerProcess, running_server
 from tests.api.conftest import random_images
+from tests.fixtures.redis_server import RedisServer, redis_server_available
 
 SECRET, METRICS_SECRET = "fault-secret-1", "fault-metrics-2"
 AUTH = {"Authorization": f"Bearer {SECRET}"}
@@ -37,12 +38,31 @@ def _queued_images(server: ServerProcess) -> float:
     return float(line.split()[1])
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def state_args(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[str]]:
+    """``stingy-serve`` arguments for each state store: the SQLite file, or a real redis-server."""
+    if request.param == "sqlite":
+        yield ["--budget-db", str(tmp_path / "budget.sqlite3")]
+        return
+    if not redis_server_available():
+        pytest.skip("redis-server not installed (apt-get install redis-server; scripts/test.sh does)")
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    redis = RedisServer(folder)
+    redis.start()
+    try:
+        yield ["--state", redis.url]
+    finally:
+        redis.stop()
+
+
 @pytest.mark.slow
-def test_a_key_pays_for_the_images_it_was_answered_even_across_a_kill_9(tiny_teacher: Path, tmp_path: Path) -> None:
+def test_a_key_pays_for_the_images_it_was_answered_even_across_a_kill_9(tiny_teacher: Path, tmp_path: Path,
+                                                                        state_args: list[str]) -> None:
     """Batches of 4 run at once; single images wait 10 s for company. Two answered requests of 4 images, then
-    three single images in flight when the server is killed with SIGKILL: after a restart on the same budget
-    file the key has paid for the 8 answered images, and asking again for the 3 lost ones costs 3, not 6."""
-    args = ["--checkpoint", str(tiny_teacher), "--device", "cpu", "--budget-images", "100", "--budget-db", str(tmp_path / "budget.sqlite3"),
+    three single images in flight when the server is killed with SIGKILL: after a restart on the same state
+    store the key has paid for the 8 answered images, and asking again for the 3 lost ones costs 3, not 6."""
+    args = ["--checkpoint", str(tiny_teacher), "--device", "cpu", "--budget-images", "100", *state_args,
             "--max-batch-size", "4", "--access-log", ""]
     lost: list[BaseException | httpx.Response] = []
     with running_server([*args, "--max-delay-ms", "10000"], env=KEYS, log_dir=tmp_path) as server:
