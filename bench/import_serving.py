@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import resource
 import statistics
 import subprocess
@@ -41,7 +40,7 @@ from PIL import Image
 from app.launch import running_server
 from bench.ceiling import measure_ceiling
 from bench.loadgen import make_body
-from bench.serving import load_average, machine, say
+from bench.serving import load_average, machine, say, settings_of, write_records
 from training.checkpoint import read_card
 from training.models import create_model
 
@@ -111,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.strftime("%Y-%m-%d %H:%M:%S")
     say(report, f"# bench.import_serving {args.arch}, {began}, load average {load_average()}, {machine()}")
     record: dict[str, object] = {"began": began, "machine": machine(), "load_average_start": load_average(),
-                                 "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+                                 "settings": settings_of(args)}
     with tempfile.TemporaryDirectory(prefix="stingy-bench-import-") as scratch:
         weights, checkpoint = Path(scratch) / "model.pth", Path(scratch) / "model.safetensors"
         baseline = subprocess.run([sys.executable, "-c", "import resource, torch, torchvision; "
@@ -160,10 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             f"batch {batch}: {rate:.1f} images/s ({1000 * batch / rate:.0f} ms per batch)" for batch, rate in ceiling.images_per_s.items()))
     record["load_average_end"] = load_average()
     say(report, f"load average at the end: {record['load_average_end']}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "import_serving.json").write_text(json.dumps(record, indent=1) + "\n")
-    (args.out / "import_serving.txt").write_text("\n".join(report) + "\n")
-    print(f"\nraw records: {args.out / 'import_serving.json'}, {args.out / 'import_serving.txt'}")
+    write_records(args.out, "import_serving", record, report)
     return 0
 
 

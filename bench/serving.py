@@ -183,6 +183,19 @@ def machine() -> dict[str, object]:
             "python": platform.python_version(), "platform": platform.platform(), "commit": commit or "unknown"}
 
 
+def settings_of(args: argparse.Namespace) -> dict[str, object]:
+    """The command line's settings, JSON-ready."""
+    return {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+
+
+def write_records(out: Path, stem: str, record: dict[str, object], report: list[str]) -> None:
+    """The raw records of a benchmark run: ``out/STEM.json`` (``record``) and ``out/STEM.txt`` (the printed report)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
+    (out / f"{stem}.txt").write_text("\n".join(report) + "\n")
+    print(f"\nraw records: {out / f'{stem}.json'}, {out / f'{stem}.txt'}")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["cnn", "resnetc20"])
@@ -223,13 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         for target in result["targets"]:  # type: ignore[union-attr]
             say(report, f"- {target['target']} [{target['format']}]: {target['value']} -> {'met' if target['met'] else 'NOT met'}")
     say(report, f"\nload average at the end: {load_average()}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    record = {"began": began, "load_average_end": load_average(), "machine": machine(),
-              "settings": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+    record = {"began": began, "load_average_end": load_average(), "machine": machine(), "settings": settings_of(args),
               "models": results}
-    (args.out / "serving.json").write_text(json.dumps(record, indent=1) + "\n")
-    (args.out / "serving.txt").write_text("\n".join(report) + "\n")
-    print(f"\nraw records: {args.out / 'serving.json'}, {args.out / 'serving.txt'}")
+    write_records(args.out, "serving", record, report)
     return 0
 
 
