@@ -46,21 +46,6 @@ class ServerInfo:
     dataset: str | None
 
 
-@dataclass(frozen=True)
-class ServerInfo:
-    """What discovery learnt about the served model; ``None`` where the server did not say."""
-
-    url: str
-    protocol: str
-    model: str
-    version: str | None
-    num_classes: int | None
-    input_shape: tuple[int, int, int] | None
-    released_per_image: int | None
-    policy: dict[str, Any] | None
-    dataset: str | None
-
-
 class Adapter(ABC):
     """One protocol's prediction route: the request for a batch and the parse of its answer."""
 
