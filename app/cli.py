@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="one forward pass per request")
     batching.add_argument("--max-queue-images", type=int,
                           help="most images waiting for a forward pass; a request past it gets 503 at once (default 2048)")
+    batching.add_argument("--torch-threads", type=int,
+                          help="threads of one CPU forward pass (default: torch's, one per core); see docs/serving.md#performance")
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-body-bytes", type=int, help="largest request body (default 16 MiB)")
     limits.add_argument("--max-images-per-request", type=int, help="most images in one request (default 256)")

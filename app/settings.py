@@ -37,6 +37,7 @@ class ServeSettings(BaseSettings):
     allow_disclosing_policy: bool = Field(
         False, description="serve a policy that releases something of every class (normal, reverse, N = K, ...)")
     show_model_details: bool = Field(False, description="show the architecture and training dataset on /v1/model")
+    torch_threads: int | None = Field(None, ge=1, description="threads of one CPU forward pass (default: torch's, one per core)")
 
     # network
     host: str = "127.0.0.1"

@@ -7,6 +7,7 @@ import pytest
 
 from bench import serving
 from bench.loadgen import FORMATS, _parse_csv, make_body
+from bench.profile_summary import summarise
 from tests.api.conftest import AppClient, random_images
 
 
@@ -33,3 +34,13 @@ def test_without_hey_the_benchmark_says_how_to_install_it(monkeypatch: pytest.Mo
     monkeypatch.setenv("PATH", "/nonexistent")
     assert serving.main(["--quick"]) == 2
     assert capsys.readouterr().err.strip() == "bench.serving: the serving benchmark needs the load generator 'hey': apt-get install hey"
+
+
+def test_profile_summary_counts_each_function_once_per_sample_inclusive_and_at_the_top_as_self() -> None:
+    stacks = ("main (/x/app/cli.py:3);serve (/x/.venv/lib/python3.11/site-packages/uvicorn/server.py:9);"
+              "decode (/x/app/codecs.py:5) 3\n"
+              "main (/x/app/cli.py:3);main (/x/app/cli.py:4) 1\n")
+    total, inclusive, own = summarise(stacks)
+    assert total == 4
+    assert inclusive == {"main (app/cli.py)": 4, "serve (uvicorn/server.py)": 3, "decode (app/codecs.py)": 3}
+    assert own == {"decode (app/codecs.py)": 3, "main (app/cli.py)": 1}
