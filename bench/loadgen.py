@@ -88,12 +88,13 @@ class LoadResult:
     client_cpu_s: float
 
 
-def run_hey(url: str, body: Body, clients: int, seconds: float, cpus: str | None = None) -> LoadResult:
-    """``hey -z SECONDS -c CLIENTS`` posting ``body`` (on the CPUs ``cpus`` with ``taskset`` when given)."""
+def run_hey(url: str, body: Body, clients: int, seconds: float, cpus: str | None = None, timeout_s: float = 20.0) -> LoadResult:
+    """``hey -z SECONDS -c CLIENTS`` posting ``body`` (on the CPUs ``cpus`` with ``taskset`` when given). A request
+    not answered within ``timeout_s`` is given up and left out of hey's record (counted as not answered)."""
     with tempfile.NamedTemporaryFile(prefix="stingy-bench-body-", delete=False) as handle:
         handle.write(body.content)
         body_file = handle.name
-    command = [require_hey(), "-z", f"{seconds:g}s", "-c", str(clients), "-m", "POST", "-t", "60", "-o", "csv", "-D", body_file,
+    command = [require_hey(), "-z", f"{seconds:g}s", "-c", str(clients), "-m", "POST", "-t", f"{timeout_s:g}", "-o", "csv", "-D", body_file,
                "-T", body.headers["Content-Type"]]
     for name, value in body.headers.items():
         if name != "Content-Type":
@@ -101,7 +102,7 @@ def run_hey(url: str, body: Body, clients: int, seconds: float, cpus: str | None
     command = pinned([*command, url + body.path], cpus)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
-        finished = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120, check=False)
+        finished = subprocess.run(command, capture_output=True, text=True, timeout=seconds + timeout_s + 60, check=False)
     finally:
         os.unlink(body_file)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

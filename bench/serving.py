@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -110,7 +111,7 @@ def measure_model(model: str, args: argparse.Namespace, scratch: Path, report: l
                 for clients in args.clients:
                     images_before, passes_before = _batch_counters(server.url)
                     cpu_before = process_cpu_seconds(server.process.pid)
-                    load = run_hey(server.url, body, clients, args.duration, args.client_cpus)
+                    load = run_hey(server.url, body, clients, args.duration, args.client_cpus, args.timeout)
                     server_cpu = process_cpu_seconds(server.process.pid) - cpu_before
                     images_after, passes_after = _batch_counters(server.url)
                     rate = load.ok * per_request / load.wall_s
@@ -204,6 +205,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64, 128], help="concurrent clients")
     parser.add_argument("--images", type=int, nargs="+", default=[1, 256], help="images per request")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of load per setting")
+    parser.add_argument("--timeout", type=float, default=20.0, help="seconds after which hey gives a request up (not answered)")
     parser.add_argument("--ceiling-seconds", type=float, default=3.0, help="seconds per ceiling measurement")
     parser.add_argument("--pause", type=float, default=0.5, help="seconds between settings (the queue drains)")
     parser.add_argument("--quick", action="store_true", help="2 s per setting, 1 and 64 clients, 1 s ceilings")
@@ -219,6 +221,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server and hey on the way out
     try:
         require_hey()
     except LoadGeneratorMissing as error:
