@@ -121,6 +121,7 @@ class StateUnavailable(ServiceError):
 
     def __init__(self, store: str) -> None:
         super().__init__(f"the budget and rate-limit store ({store}) is unavailable; retry shortly", headers={"Retry-After": "1"})
+        self.args = (store,)  # what pickling (another process) rebuilds it from
 
 
 def error_response(status: int, message: str, code: str, headers: Mapping[str, str] | None = None) -> JSONResponse:

@@ -8,6 +8,7 @@ import multiprocessing
 import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -36,6 +37,13 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenS
     yield connect
     for store in opened:
         store.close()
+
+
+def run_threads(work: Callable[[int], None], count: int) -> None:
+    """``work(0)`` ... ``work(count - 1)`` in ``count`` threads at once; re-raises the first exception of any."""
+    with ThreadPoolExecutor(count) as pool:
+        for future in [pool.submit(work, i) for i in range(count)]:
+            future.result(timeout=120)
 
 
 # ---- budgets -------------------------------------------------------------------------------------------
@@ -85,42 +93,46 @@ def test_concurrent_spends_from_threads_are_exact(open_store: OpenStore) -> None
             with lock:
                 seen.append(store.used("k"))
 
-    threads = [threading.Thread(target=spend, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    run_threads(spend, 8)
     assert stores[0].used("k") == sum(granted) and 98 <= sum(granted) <= 100
     assert min(seen) >= 0 and max(seen) <= 100
 
 
-def _spend_in_another_process(url: str, sqlite_path: Path, attempts: int, start: threading.Barrier) -> int:
-    """Runs in a spawned process: once every process is ready, reserve 1, 2, 3, 1, ... images of key ``k``
-    (limit 100); returns the images granted."""
+def _spend_in_another_process(url: str, sqlite_path: Path, attempts: int, start: threading.Barrier) -> tuple[int, int]:
+    """Runs in a spawned process: once every process is ready, ``attempts`` times reserve 1, 2, 3, 1, ... images
+    of key ``k`` (limit 100) and take a token from its bucket of 40 (refilling once an hour); returns the images
+    and the tokens granted."""
     store = open_state(url, sqlite_path)
     start.wait(timeout=120)
-    granted = 0
+    images = tokens = 0
     for attempt in range(attempts):
         try:
-            granted += store.reserve("k", 1 + attempt % 3, limit=100).images
+            images += store.reserve("k", 1 + attempt % 3, limit=100).images
         except BudgetExhausted:
             pass
+        try:
+            store.take(TokenBucket("key", rate=1 / 3600, burst=40), "k")
+            tokens += 1
+        except RateLimited:
+            pass
     store.close()
-    return granted
+    return images, tokens
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
-def test_concurrent_spends_from_processes_are_exact(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_concurrent_spends_and_takes_from_processes_are_exact(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     url = "sqlite" if backend == "sqlite" else request.getfixturevalue("redis_server").url
     path = tmp_path / "state.sqlite3"
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager, context.Pool(3) as pool:
         start = manager.Barrier(3)
         granted = pool.starmap(_spend_in_another_process, [(url, path, 60, start)] * 3)
+    images, tokens = (sum(column) for column in zip(*granted))
+    assert tokens == 40  # 180 requests, a burst of 40
     store = open_state(url, path)
     try:
-        assert store.used("k") == sum(granted) and 98 <= sum(granted) <= 100  # 180 requests of 1-3 images for 100
+        assert store.used("k") == images and 98 <= images <= 100  # 180 requests of 1-3 images for 100
     finally:
         store.close()
 
@@ -141,11 +153,7 @@ def test_buckets_are_per_name_and_key_and_exact_across_connections(open_store: O
             except RateLimited as error:
                 assert error.headers["Retry-After"] == "3600"
 
-    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    run_threads(hammer, 6)
     assert len(granted) == 40
     stores[0].take(bucket, "carol")  # another key, another bucket
     stores[0].take(TokenBucket("auth-failure", rate=1 / 3600, burst=1), "alice")  # another name, another bucket
