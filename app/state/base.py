@@ -130,9 +130,10 @@ class StateStore(ABC):
         """:meth:`reserve` without settling; must :meth:`_defer` a reservation it may have counted before failing."""
 
     @abstractmethod
-    def _give_back(self, reservation: Reservation) -> None:
-        """Undo ``reservation`` (called again only after it raised, so it must undo at most once in all);
-        :class:`app.errors.StateUnavailable` if the store is unreachable."""
+    def _give_back(self, reservation: Reservation) -> int:
+        """Undo ``reservation`` (called again only after it raised, so it must undo at most once in all) and
+        return the images given back (0 when it had not been counted); :class:`app.errors.StateUnavailable`
+        if the store is unreachable."""
 
     @abstractmethod
     def _used(self, key_id: str) -> int:
@@ -154,11 +155,14 @@ class StateStore(ABC):
             pending, self._pending = self._pending, []
         for position, reservation in enumerate(pending):
             try:
-                self._give_back(reservation)
+                images = self._give_back(reservation)
             except StateUnavailable:
                 with self._pending_lock:
                     self._pending[:0] = pending[position:]
                 return
+            if images:
+                logger.warning("%s: gave back %d images counted for key %r in a request that was not served",
+                               self.kind, images, reservation.key_id)
 
     def _unavailable(self, error: Exception) -> StateUnavailable:
         """The 503 for ``error``; the first failure after a success is logged (with details clients never see)."""

@@ -105,8 +105,8 @@ class RedisStore(StateStore):
             raise BudgetExhausted(int(used), limit, images)
         return Reservation(key_id, images, limit - int(used), marker)
 
-    def _give_back(self, reservation: Reservation) -> None:
-        self._call(self._give_back_script, keys=[_budget(reservation.key_id), _marker(reservation.marker)])
+    def _give_back(self, reservation: Reservation) -> int:
+        return int(self._call(self._give_back_script, keys=[_budget(reservation.key_id), _marker(reservation.marker)]))
 
     def _used(self, key_id: str) -> int:
         return int(self._call(self._redis.get, _budget(key_id)) or 0)

@@ -15,9 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.launch import ServerProcess, running_server
+from app.launch import RedisServer, ServerProcess, running_server
 from tests.api.conftest import make_settings, random_images, running_app
-from tests.fixtures.redis_server import RedisServer
 
 SECRET = "shared-secret-1"
 AUTH = {"Authorization": f"Bearer {SECRET}"}
@@ -129,8 +128,9 @@ def test_a_redis_crash_under_load_answers_503_and_loses_nothing(two_servers: lis
     assert {a.status for a in answers} <= {200, 503}
     served = sum(a.status == 200 for a in answers)
     with redis_server.client() as client:
-        assert int(client.get("stingy:budget:alice")) == served  # nothing counted twice, nothing lost
-    assert len({a.remaining for a in answers if a.status == 200}) == served  # no image of the budget granted twice
+        # Nothing counted twice, nothing lost. (The remaining counts the 200s carried may repeat: a reservation
+        # whose reply the crash cut off is given back later, and the next one then reports the same count.)
+        assert int(client.get("stingy:budget:alice")) == served
 
 
 def test_an_app_answers_503_while_redis_is_down_and_recovers(tiny_teacher: Path, tmp_path: Path, redis_server: RedisServer) -> None:
