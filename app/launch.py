@@ -1,5 +1,5 @@
-"""Run ``stingy-serve`` (or any local HTTP server) as a child process on a free port of 127.0.0.1 and wait
-until it is ready: for the demo, benchmarks and tests.
+"""Run ``stingy-serve`` (or any local HTTP server), or a ``redis-server``, as a child process on a free port
+of 127.0.0.1 and wait until it is ready: for the demo, benchmarks and tests.
 
     with running_server(["--checkpoint", str(path), "--sparse-ratio", "0.1"]) as server:
         httpx.get(server.url + "/v1/model")
@@ -8,6 +8,7 @@ until it is ready: for the demo, benchmarks and tests.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import redis
 
 
 def free_port() -> int:
@@ -96,3 +98,53 @@ def _wait_until_ready(server: ServerProcess, path: str, timeout: float) -> None:
                 pass  # not listening yet
             time.sleep(0.1)
     raise RuntimeError(f"the server was not ready within {timeout} s:\n{server.output()[-3000:]}")
+
+
+def redis_server_available() -> bool:
+    """True when the ``redis-server`` command (Debian package ``redis-server``) is installed."""
+    return shutil.which("redis-server") is not None
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free port of 127.0.0.1 with its data in ``folder``, started and stopped on
+    that one port.
+
+    It persists every write before answering (``appendonly yes``, ``appendfsync always``), the setting
+    docs/serving.md asks for, so that a crash (``stop(kill=True)``) and a :meth:`start` keep every counted image.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start it and wait until it answers PING (after loading its append-only file)."""
+        command = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.folder),
+                   "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "yes"]
+        with open(self.folder / "redis.log", "ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        with redis.Redis.from_url(self.url, socket_timeout=1.0) as client:
+            while True:
+                try:
+                    if client.ping():
+                        return
+                except redis.RedisError:
+                    if self.process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"redis-server did not start:\n{(self.folder / 'redis.log').read_text()[-2000:]}") from None
+                    time.sleep(0.05)
+
+    def stop(self, *, kill: bool = False) -> None:
+        """SIGTERM (or SIGKILL, a crash) and wait for the process to end."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            self.process.wait(20)
+        self.process = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, decode_responses=True)

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fixtures.redis_server import RedisServer, redis_server_available
+from app.launch import RedisServer, redis_server_available
 
 
 @pytest.fixture(scope="module")

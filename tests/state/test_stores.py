@@ -19,7 +19,7 @@ from app.errors import BudgetExhausted, RateLimited, StateUnavailable
 from app.state import StateStore, TokenBucket, open_state
 from app.state.redis_store import RedisStore
 from app.state.sqlite_store import SqliteStore
-from tests.fixtures.redis_server import RedisServer
+from app.launch import RedisServer
 
 OpenStore = Callable[[], StateStore]
 
