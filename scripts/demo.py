@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -42,7 +43,7 @@ COMMANDS = {"training.cli": "stingy-train", "attacker.cli": "stingy-attack"}
 
 def run(module: str, *args: str) -> None:
     """``python -m module args``, shown as the console command a user would type."""
-    print(f"$ {COMMANDS[module]} " + " ".join(args), flush=True)
+    print(f"$ {COMMANDS[module]} {shlex.join(args)}", flush=True)
     subprocess.run([sys.executable, "-m", module, *args], check=True)
 
 
@@ -90,7 +91,7 @@ def query_over_http(checkpoint: Path, sparse_ratio: float, workdir: Path) -> Non
     budget_db.unlink(missing_ok=True)  # every demo run starts its key with the whole budget
     args = ["--checkpoint", str(checkpoint), "--policy", "stingy", "--sparse-ratio", str(sparse_ratio), "--access-log", "",
             "--budget-images", "1000", "--budget-db", str(budget_db), "--log-level", "warning"]
-    print("$ STINGY_API_KEYS=demo:*** stingy-serve " + " ".join(args))
+    print(f"$ STINGY_API_KEYS=demo:*** stingy-serve {shlex.join(args)}")
     with running_server(args, env={"STINGY_API_KEYS": f"demo:{API_KEY}"}) as server:
         headers = {"Authorization": f"Bearer {API_KEY}"}
         with httpx.Client(base_url=server.url, headers=headers, timeout=30) as client:
@@ -107,7 +108,7 @@ def query_over_http(checkpoint: Path, sparse_ratio: float, workdir: Path) -> Non
             outputs = client.post("/v2/models/teacher/infer", json=body).json()["outputs"]
             print(json.dumps({"outputs": outputs if len(json.dumps(outputs)) < 600 else outputs[:2]}, indent=None))
             refused = client.post("/v1/predict", headers={"Authorization": "Bearer wrong"}, files=[("files", ("x.png", png.getvalue(), "image/png"))])
-            print(f"\na wrong key gets HTTP {refused.status_code}: {refused.json()}")
+            print(f"\na wrong key gets HTTP {refused.status_code}: {json.dumps(refused.json())}")
 
 
 def attack(checkpoint: Path, sparse_ratio: float, workdir: Path, budget: int, epochs: int) -> list[Path]:

@@ -28,7 +28,8 @@ def test_the_demo_runs_and_reruns_over_its_own_output(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         outputs.append(done.stdout)
     first, second = outputs
-    assert "a wrong key gets HTTP 401" in first
+    assert re.search(r'a wrong key gets HTTP 401: \{"error": "[^"]+", "code": "unauthorized"\}', first)  # JSON, not a dict
+    assert "--access-log '' --budget-images 1000" in first  # the empty value is shown as the shell needs it
     normal, stingy = (float(re.search(rf"accuracy with {name} logits: ([0-9.]+)%", first)[1]) for name in ("normal", "stingy"))
     assert normal == stingy > 10.0, "claim (a): the stingy logits keep the teacher's accuracy"
     assert "stingy vs normal accuracy: equal; the same top-1 class on 10000 of 10000 test images" in first
