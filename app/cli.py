@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--keep-alive-timeout-s", type=float, help="close an idle keep-alive connection after this long (default 5)")
     net.add_argument("--header-timeout-s", type=float,
                      help="close a connection that has not sent a whole request head within this long (default 10)")
+    net.add_argument("--max-header-bytes", type=int, help="close a connection whose request head grows past this (default 65536)")
     net.add_argument("--body-timeout-s", type=float, help="answer 408 to a request whose body takes longer (default 30)")
     net.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], help="(default info)")
     net.add_argument("--access-log", help="JSON-lines access log file; '-' for standard output (default), '' for none")
@@ -125,6 +126,7 @@ def serve(args: argparse.Namespace) -> int:
         "host": settings.host, "port": settings.port, "log_level": settings.log_level, "access_log": False,
         "lifespan": "on", "timeout_graceful_shutdown": settings.graceful_timeout_s,
         "timeout_keep_alive": settings.keep_alive_timeout_s, "header_timeout_s": settings.header_timeout_s,
+        "max_header_bytes": settings.max_header_bytes,
     }
     if settings.workers > 1:
         share_with_workers(_given(args))

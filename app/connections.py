@@ -2,9 +2,11 @@
 
 uvicorn closes an idle keep-alive connection after ``timeout_keep_alive`` seconds, but only once a response
 has been sent, and any byte that arrives restarts that wait: a connection that never sends a request, or
-sends its head a byte at a time, stays open for ever. Here a connection must deliver a complete request head
-within ``header_timeout_s`` of opening and of each response; past that, with no request in progress, the
-server closes it. (The body of a request has its own deadline: :class:`app.middleware.BodyLimitMiddleware`.)
+sends its head a byte at a time, stays open for ever; and httptools (unlike h11) keeps every byte of an
+unfinished head, so one endless header line fills the memory. Here a connection must deliver a complete
+request head within ``header_timeout_s`` of opening and of each response, in at most ``max_header_bytes``;
+past either, with no request in progress, the server closes it. (The body of a request has its own deadline:
+:class:`app.middleware.BodyLimitMiddleware`.)
 
 Both classes live at module level so that ``--workers`` can hand the config to its spawned processes.
 """
@@ -20,16 +22,29 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 class HeadDeadlineProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
     """uvicorn's HTTP protocol (httptools when installed, else h11) that closes a connection whose request
-    head has not arrived ``config.header_timeout_s`` seconds after it opened or after its last response."""
+    head has not arrived ``config.header_timeout_s`` seconds after it opened or after its last response, or
+    has passed ``config.max_header_bytes`` without ending (checked per chunk read: at most one chunk more)."""
 
     _head_deadline: asyncio.TimerHandle | None = None
+    _head_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm_head_deadline()
 
+    def data_received(self, data: bytes) -> None:
+        cycle, awaiting_head = self.cycle, self._awaiting_head()
+        super().data_received(data)
+        if self.cycle is not cycle:  # a request head ended in this chunk
+            self._head_bytes = 0
+        elif awaiting_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > self.config.max_header_bytes:
+                self.transport.close()
+
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        self._head_bytes = 0
         self._arm_head_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -46,17 +61,22 @@ class HeadDeadlineProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
             self._head_deadline.cancel()
             self._head_deadline = None
 
+    def _awaiting_head(self) -> bool:
+        return self.cycle is None or bool(self.cycle.response_complete)  # no request in progress
+
     def _head_overdue(self) -> None:
         self._head_deadline = None
-        if self.cycle is None or self.cycle.response_complete:  # no request in progress: the head never came
+        if self._awaiting_head():  # the head never came
             self.transport.close()
 
 
 class ServerConfig(uvicorn.Config):
-    """``uvicorn.Config`` serving HTTP with :class:`HeadDeadlineProtocol` and its ``header_timeout_s``."""
+    """``uvicorn.Config`` serving HTTP with :class:`HeadDeadlineProtocol`, its ``header_timeout_s`` and
+    ``max_header_bytes``."""
 
-    def __init__(self, app: Any, *, header_timeout_s: float, **options: Any) -> None:
-        if header_timeout_s <= 0:
-            raise ValueError(f"header_timeout_s must be positive, got {header_timeout_s!r}")
+    def __init__(self, app: Any, *, header_timeout_s: float, max_header_bytes: int, **options: Any) -> None:
+        if header_timeout_s <= 0 or max_header_bytes < 1:
+            raise ValueError(f"need header_timeout_s > 0 and max_header_bytes >= 1, got {header_timeout_s!r}, {max_header_bytes!r}")
         super().__init__(app, http=HeadDeadlineProtocol, **options)
         self.header_timeout_s = header_timeout_s
+        self.max_header_bytes = max_header_bytes

@@ -46,6 +46,7 @@ class ServeSettings(BaseSettings):
     graceful_timeout_s: float = Field(30.0, gt=0, description="on SIGTERM, how long requests in flight may take")
     keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this long")
     header_timeout_s: float = Field(10.0, gt=0, description="a connection must send a whole request head within this long")
+    max_header_bytes: int = Field(64 * 1024, ge=1024, description="largest request head (request line and headers)")
     body_timeout_s: float = Field(30.0, gt=0, description="a request must send its whole body within this long (else 408)")
     log_level: str = Field("info", pattern=r"^(critical|error|warning|info|debug)$")
     access_log: str = Field("-", description="JSON-lines access log file; '-' for standard output, '' for none")

@@ -221,3 +221,28 @@ def test_a_flood_of_unauthenticated_connections_does_not_starve_keyed_clients(gu
     assert set(statuses) == {401, 429} and statuses.count(429) > statuses.count(401), (len(statuses), set(statuses))
     assert cut_off == [b""] * len(idle)
     assert answered >= 1
+
+
+@pytest.mark.slow
+def test_an_endless_request_head_is_cut_off_at_the_size_limit(tiny_teacher: Path, tmp_path: Path) -> None:
+    """One header line sent as fast as the connection takes it (httptools alone would keep every byte): the
+    server closes the connection once the head passes --max-header-bytes, long before its deadline."""
+    args = ["--checkpoint", str(tiny_teacher), "--device", "cpu", "--access-log", "", "--header-timeout-s", "60",
+            "--max-header-bytes", "65536"]
+    with running_server(args, env=KEYS, log_dir=tmp_path) as server:
+        connection = _connect(server)
+        sent, began, chunk = 0, time.monotonic(), b"a" * 65536
+        try:
+            connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Endless: ")
+            while sent < 256 * 1024 * 1024 and time.monotonic() - began < 10:
+                connection.sendall(chunk)
+                sent += len(chunk)
+        except OSError:
+            pass  # reset by the server: what is expected
+        try:
+            assert _read_until_closed(connection, CUT_OFF_WITHIN_S)[0] == b""
+        finally:
+            connection.close()
+        # What was sent before the reset sat in the two sockets' kernel buffers, not in the server.
+        assert sent < 32 * 1024 * 1024, f"the server took {sent} bytes of one request head"
+        assert httpx.get(server.url + "/healthz", timeout=10).status_code == 200
