@@ -43,6 +43,7 @@ from training.preprocess import InputPreparation, read_image
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 SHOWN_KEYS = 5
+BN_COUNTER = "num_batches_tracked"
 HEAD_PROBE = 1000  # output count the architecture is built with to find its head
 
 
@@ -231,8 +232,11 @@ def check_fit(expected: dict[str, torch.Size], weights: dict[str, Tensor], arch:
 
 
 def fit_weights(model: nn.Module, weights: dict[str, Tensor], arch: str, path: Path) -> None:
-    """Load ``weights`` into ``model`` strictly after :func:`check_fit`."""
-    check_fit({key: value.shape for key, value in model.state_dict().items()}, weights, arch, path)
+    """Load ``weights`` into ``model`` strictly after :func:`check_fit`. BatchNorm's ``num_batches_tracked``
+    counters (absent from files saved before PyTorch 0.4.1, unused in evaluation) are kept when missing."""
+    own = model.state_dict()
+    weights = {**{key: value for key, value in own.items() if key.endswith(BN_COUNTER) and key not in weights}, **weights}
+    check_fit({key: value.shape for key, value in own.items()}, weights, arch, path)
     model.load_state_dict(weights, strict=True)
 
 

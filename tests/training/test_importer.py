@@ -66,8 +66,9 @@ def test_state_dict_becomes_a_checkpoint_that_rebuilds_the_same_model(resnet_pth
 
 def test_wrapped_prefixed_and_safetensors_weights_are_accepted(tmp_path: Path) -> None:
     state = _resnet18(3).state_dict()
-    wrapped = tmp_path / "wrapped.pt"
-    torch.save({"epoch": 7, "state_dict": {f"module.{key}": value for key, value in state.items()}}, wrapped)
+    wrapped = tmp_path / "wrapped.pt"  # DataParallel's prefix, no BatchNorm counters (as before PyTorch 0.4.1)
+    torch.save({"epoch": 7, "state_dict": {f"module.{key}": value for key, value in state.items()
+                                           if not key.endswith("num_batches_tracked")}}, wrapped)
     plain = tmp_path / "weights.safetensors"
     save_file({key: value.contiguous() for key, value in state.items()}, str(plain))
     x = torch.randn(1, 3, 32, 32)
