@@ -19,7 +19,7 @@ from app.main import create_app
 from app.settings import ServeSettings
 from defense import LogitPolicy, SparseLogits
 from training.checkpoint import load_checkpoint
-from training.data import normalize
+from training.devices import prepare_inputs
 
 T = TypeVar("T")
 
@@ -71,24 +71,37 @@ def running_app(settings: ServeSettings, *, wait_ready: bool = True, raise_app_e
 
 
 def make_settings(checkpoint: Path, folder: Path, **overrides: Any) -> ServeSettings:
-    """Settings for tests: the model on the CPU (answers are compared exactly with the CPU :class:`Reference`;
-    tests/gpu covers serving on CUDA), no access log unless asked, the budget database inside ``folder``."""
+    """Settings for tests: the model on the CPU unless ``device`` is given (answers are compared exactly with a
+    :class:`Reference` on the same device), no access log unless asked, the budget database inside ``folder``."""
     return ServeSettings(**{"checkpoint": checkpoint, "device": "cpu", "access_log": "", "budget_db": folder / "budget.sqlite3",
                             **overrides})
 
 
 class Reference:
-    """The teacher in-process: what a policy releases for a batch, computed without the service."""
+    """The teacher in-process on ``device``, as a server on that device runs it (channels-last on CUDA): what a
+    policy releases for a batch, computed without the service."""
 
-    def __init__(self, checkpoint: Path) -> None:
-        self.model, self.card = load_checkpoint(checkpoint, "cpu")
+    def __init__(self, checkpoint: Path, device: str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model, self.card = load_checkpoint(checkpoint, self.device)
+        if self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.model(normalize(images, self.card.mean, self.card.std)).float()
+        """The raw logits ``[B, K]`` float32, on the CPU."""
+        return self._device_logits(images).cpu()
 
     def released(self, images: torch.Tensor, policy: LogitPolicy) -> SparseLogits:
-        return policy.sparse(self.logits(images))
+        """The policy's released pairs, computed on the device from the device's logits, on the CPU."""
+        released = policy.sparse(self._device_logits(images))
+        return SparseLogits(indices=released.indices.cpu(), values=released.values.float().cpu())
+
+    def _device_logits(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            # concatenated as the server batches requests: for one channel, cat settles the ambiguous
+            # channels-last strides the way the server's batch has them (CUDA kernels may depend on them)
+            inputs = torch.cat([prepare_inputs(images, self.card.mean, self.card.std, self.device)])
+            return self.model(inputs).float()
 
 
 @pytest.fixture(scope="session")
