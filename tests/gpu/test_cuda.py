@@ -100,4 +100,12 @@ def test_served_on_cuda_the_api_top1_equals_the_in_process_top1(gpu_teacher: Pat
         assert "cuda" in server.output(), server.output()[-2000:]
     api_top1 = torch.tensor(labels)
     assert torch.equal(api_top1, logits.argmax(dim=-1))
-    assert 100.0 * int((api_top1 == test.labels).sum()) / len(test) == accuracy(logits, test.labels)
+    # Against the same checkpoint in float32 on the CPU: the accuracies can differ only by the images whose
+    # top-1 the two devices' rounding decides differently (near ties), which are few.
+    cpu_model, _ = load_checkpoint(gpu_teacher, "cpu")
+    cpu_top1 = predict_logits(cpu_model, test, card.mean, card.std, batch_size=batch, amp=False).argmax(dim=-1)
+    ties = int((cpu_top1 != api_top1).sum())
+    assert ties <= len(test) // 100, f"{ties} of {len(test)} images get another top-1 on the CPU"
+    api_accuracy = 100.0 * int((api_top1 == test.labels).sum()) / len(test)
+    cpu_accuracy = 100.0 * int((cpu_top1 == test.labels).sum()) / len(test)
+    assert abs(api_accuracy - cpu_accuracy) <= 100.0 * ties / len(test), (api_accuracy, cpu_accuracy, ties)
