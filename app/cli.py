@@ -140,9 +140,10 @@ def serve(args: argparse.Namespace) -> int:
 
 def worker_app() -> FastAPI:
     """The app of one ``--workers`` process (uvicorn calls it in each worker): the parent's settings, checked
-    there already, and this worker's share of the CPU."""
+    there already, and this worker's share of the CPU unless ``--torch-threads`` says otherwise."""
     settings = settings_from_args(argparse.Namespace(**arguments_from_parent()))
-    share_cpu(settings.workers)
+    if settings.torch_threads is None:
+        share_cpu(settings.workers)
     configure_logging(settings)
     return create_app(settings)
 

@@ -5,7 +5,7 @@ listening socket; the kernel hands each new connection to one of them, and a wor
 Each worker builds its own app from the parent's settings: its own model copy (on the CPU, or its own CUDA
 context on a shared GPU), batcher and metrics; budgets and rate limits are in the shared state store
 (:mod:`app.state`), so they stay exact across workers. On the CPU each worker gets ``cpu_count // N`` torch
-threads, so that N workers do not fight over the cores.
+threads (unless ``--torch-threads`` is given), so that N workers do not fight over the cores.
 """
 
 from __future__ import annotations
