@@ -72,16 +72,26 @@ HEADER = ("| model | format | images/request | clients | answered | 503 | images
           "server CPU | client CPU | API / ceiling |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 
 
-def _batch_counters(url: str) -> tuple[float, float]:
-    """(images, forward passes) so far, from ``/metrics``."""
-    images = passes = 0.0
+def _metric(url: str, name: str) -> float:
+    """The value of sample ``name`` (0 when absent) in the server's ``/metrics``."""
     for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=30).text):
         for sample in family.samples:
-            if sample.name == "stingy_batch_size_images_sum":
-                images = sample.value
-            elif sample.name == "stingy_batch_size_images_count":
-                passes = sample.value
-    return images, passes
+            if sample.name == name:
+                return float(sample.value)
+    return 0.0
+
+
+def _batch_counters(url: str) -> tuple[float, float]:
+    """(images, forward passes) so far."""
+    return _metric(url, "stingy_batch_size_images_sum"), _metric(url, "stingy_batch_size_images_count")
+
+
+def _drain(url: str, limit_s: float = 300.0) -> None:
+    """Wait until the server's batching queue is empty (what hey gave up on is still queued), so that each
+    setting starts from an idle server."""
+    deadline = time.monotonic() + limit_s
+    while _metric(url, "stingy_queue_depth_images") > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def load_average() -> str:
@@ -123,6 +133,7 @@ def measure_model(model: str, args: argparse.Namespace, scratch: Path, report: l
                         raise RuntimeError(f"{model} {fmt}: unexpected answers {unexpected}; server log:\n{server.output()[-2000:]}")
                     rows.append(row)
                     say(report, row.line())
+                    _drain(server.url)
                     time.sleep(args.pause)
     say(report, "")
     again = describe_ceiling(report, "after the load", measure_ceiling(
