@@ -12,9 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.launch import ServerProcess, running_server
+from app.launch import RedisServer, ServerProcess, redis_server_available, running_server
 from tests.api.conftest import random_images
-from tests.fixtures.redis_server import RedisServer, redis_server_available
 
 SECRET, METRICS_SECRET = "fault-secret-1", "fault-metrics-2"
 AUTH = {"Authorization": f"Bearer {SECRET}"}
