@@ -1,8 +1,9 @@
 """The README as a newcomer uses it: after the set-up commands and ``source .venv/bin/activate``, every command
 block runs as pasted in a new shell, and the curl examples answer as shown.
 
-A block preceded by ``<!-- not run by tests/test_readme.py: REASON -->`` is not run (its ``stingy-*`` commands are
-still parsed). The run uses small settings, each one substitution of :data:`SMALL` (an unmatched substitution
+A block preceded by ``<!-- not run by tests/test_readme.py: REASON -->`` is not run, nor is one that calls a program
+outside :data:`RUNNABLE` (Docker, the set-up scripts: they need their own machine); the ``stingy-*`` commands of
+every block are still parsed. The run uses small settings, each one substitution of :data:`SMALL` (an unmatched substitution
 fails the test, so the README and this table cannot drift apart silently). The new shell starts from a clean
 environment: PATH, HOME, LANG and ``PYTHONPATH`` = this checkout (what the virtualenv's editable install gives
 in CI, where ``.venv`` is the checkout's own; a worktree sharing another checkout's ``.venv`` tests its own code).
@@ -39,6 +40,7 @@ ACTIVATE = "source .venv/bin/activate"
 PARSERS: dict[str, Callable[[], Any]] = {
     "stingy-train": train_parser, "stingy-bench": bench_parser, "stingy-serve": serve_parser, "stingy-attack": attack_parser,
 }
+RUNNABLE = {*PARSERS, "python", "curl"}
 
 
 @dataclass(frozen=True)
@@ -68,11 +70,24 @@ def shell_commands(text: str) -> list[list[str]]:
     return [words for line in text.replace("\\\n", " ").splitlines() if (words := shlex.split(line, comments=True))]
 
 
-def stingy_argv(words: list[str]) -> list[str] | None:
-    """``words`` without leading ``NAME=value`` assignments, when it is a ``stingy-*`` command."""
+def program(words: list[str]) -> list[str]:
+    """``words`` without leading ``NAME=value`` assignments: the program and its arguments."""
     while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):
         words = words[1:]
-    return words if words and words[0] in PARSERS else None
+    return words
+
+
+def stingy_argv(words: list[str]) -> list[str] | None:
+    """The command without its environment assignments, when it is a ``stingy-*`` command."""
+    argv = program(words)
+    return argv if argv and argv[0] in PARSERS else None
+
+
+def runs_here(block: Block) -> bool:
+    """Not marked, and every program it calls is one of :data:`RUNNABLE`."""
+    if block.not_run is not None or block.language != "bash":
+        return block.not_run is None and block.language == "console"
+    return all(program(words)[:1] and program(words)[0] in RUNNABLE for words in shell_commands(block.text))
 
 
 def test_every_stingy_command_in_the_readme_parses() -> None:
@@ -150,12 +165,14 @@ def test_the_readme_blocks_run_in_a_new_shell(tmp_path: Path) -> None:
     def shell(script: str, **options: Any) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["bash", "-c", prelude + script], env=env, capture_output=True, text=True, timeout=600, **options)
 
-    runnable = [block for block in readme_blocks() if block.not_run is None][1:]  # the first is the activation
+    runnable = [block for block in readme_blocks() if runs_here(block)]
+    assert sum("stingy-serve" in block.text for block in runnable) == 1, "one server block, which the console blocks query"
     server: subprocess.Popen[bytes] | None = None
     log = tmp_path / "server.log"
     try:
         for block in runnable:
             if block.language == "console":
+                assert server is not None, "a console block of commands comes after the server block"
                 check_console(block.text, small, shell)
             elif "stingy-serve" in block.text:
                 with open(log, "wb") as sink:
