@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from training.data.info import TaskShape
 from training.io import atomic_path
 from training.models import create_model
 from training.preprocess import InputPreparation, PreparationError
@@ -32,16 +33,12 @@ class CheckpointError(ValueError):
 
 
 @dataclass(frozen=True)
-class ModelCard:
-    """What a server and a benchmark need to know to rebuild and feed a model."""
+class ModelCard(TaskShape):
+    """What a server and a benchmark need to know to rebuild and feed a model: the task's shape (classes,
+    input, normalisation; :class:`TaskShape`, as the training dataset had it), the architecture and the
+    dataset's name."""
 
     arch: str
-    num_classes: int
-    in_channels: int
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    class_names: tuple[str, ...]
     dataset: str
     test_accuracy: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)

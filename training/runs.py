@@ -25,11 +25,7 @@ RESULT_FILE = "result.json"
 
 def card_for(arch: str, data: ImageDataset, extra: dict[str, Any] | None = None) -> ModelCard:
     """The model card of a model of ``arch`` trained on ``data``."""
-    info = data.info
-    return ModelCard(
-        arch=arch, num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size,
-        mean=info.mean, std=info.std, class_names=info.class_names, dataset=info.name, extra=dict(extra or {}),
-    )
+    return ModelCard(arch=arch, dataset=data.info.name, extra=dict(extra or {}), **data.info.task_shape())
 
 
 def build_model(arch: str, data: ImageDataset, seed: int) -> nn.Module:

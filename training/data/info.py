@@ -2,28 +2,41 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Augmentation = Literal["pad_crop", "resized_crop"]
 
 
 @dataclass(frozen=True)
-class DatasetInfo:
-    """Task facts of a dataset: classes, input shape, normalisation statistics, augmentation.
+class TaskShape:
+    """What a classifier of a task takes in and gives out: ``K`` classes and their names, ``C`` input channels of
+    ``image_size`` x ``image_size`` pixels, normalised with ``mean`` and ``std`` per channel. A dataset has these
+    facts (:class:`DatasetInfo`) and a model card carries them from the dataset to the server
+    (:class:`training.checkpoint.ModelCard`)."""
 
-    ``augmentation`` is ``"pad_crop"`` (4-px zero-padded random crop, plus a horizontal flip when ``flip``)
-    for small images, or ``"resized_crop"`` (random-resized crop and flip at decode time) for ImageNet-size ones.
-    """
-
-    name: str
     num_classes: int
     in_channels: int
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: tuple[str, ...]
+
+    def task_shape(self) -> dict[str, Any]:
+        """These fields alone, by name: ``ModelCard(arch=..., dataset=..., **info.task_shape())``."""
+        return {f.name: getattr(self, f.name) for f in fields(TaskShape)}
+
+
+@dataclass(frozen=True)
+class DatasetInfo(TaskShape):
+    """Task facts of a dataset (:class:`TaskShape`), its ``name``, and its augmentation.
+
+    ``augmentation`` is ``"pad_crop"`` (4-px zero-padded random crop, plus a horizontal flip when ``flip``)
+    for small images, or ``"resized_crop"`` (random-resized crop and flip at decode time) for ImageNet-size ones.
+    """
+
+    name: str
     flip: bool = True
     augmentation: Augmentation = "pad_crop"
     crop_padding: int = 4
