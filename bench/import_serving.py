@@ -5,8 +5,9 @@
 
 Steps, as a model owner takes them: a random-weight torchvision model (the weights do not change the cost)
 saved as a ``state_dict`` ``.pth``; ``stingy-train import`` run as a command (its wall time and peak memory);
-one ``stingy-serve`` process (``--device``, the stingy policy with N = ``--k``, defaults otherwise); then one
-client sending one request at a time, ``--requests`` (batch 1) or ``--requests-large`` (batch 32) of each kind after one untimed request:
+one ``stingy-serve`` process (``--device``, the stingy policy with N = ``--k``, defaults otherwise: it warms up
+with one forward pass of ``--max-batch-size`` images, 64); then one client sending one request at a time,
+``--requests`` (batch 1) or ``--requests-large`` (batch 32) of each kind after one untimed request:
 
 - v2 binary ``UINT8`` tensors ``[B, 3, S, S]`` (already the input size: no resizing), B = 1 and 32;
 - v1 uploads of B JPEG photos of 640x480 (decoded, resized and centre-cropped by the server), B = 1 and 32.
@@ -15,8 +16,7 @@ client sending one request at a time, ``--requests`` (batch 1) or ``--requests-l
     server memory = the server process's peak resident set size (VmHWM in /proc), when ready and at the end
     baseline memory = the peak resident set size of a Python process that only imports torch and torchvision
 
-and, for reference, the in-process ceiling (:func:`bench.ceiling.measure_ceiling`: the server's forward path
-without HTTP) at B = 1 and 32. Raw records: ``OUT/import_serving.json`` and ``OUT/import_serving.txt``.
+Raw records: ``OUT/import_serving.json`` and ``OUT/import_serving.txt``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ import torch
 from PIL import Image
 
 from app.launch import running_server
-from bench.ceiling import measure_ceiling
 from bench.loadgen import make_body
 from bench.serving import load_average, machine, say, settings_of, write_records
 from training.checkpoint import read_card
@@ -99,7 +98,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=20, help="timed requests per kind of batch 1")
     parser.add_argument("--requests-large", type=int, default=5, help="timed requests per kind of batch 32")
     parser.add_argument("--server-arg", action="append", default=[], help="extra stingy-serve argument (repeat), e.g. --server-arg=--max-batch-size=32")
-    parser.add_argument("--ceiling-seconds", type=float, default=5.0, help="seconds per in-process ceiling measurement")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-import"), help="folder for the raw records")
     return parser.parse_args(argv)
 
@@ -152,11 +150,6 @@ def main(argv: list[str] | None = None) -> int:
         for name, row in rows.items():
             say(report, f"| {name} | {row['p50_ms']:.0f} | {row['p90_ms']:.0f} | {row['mean_ms']:.0f} |")
         say(report, f"\nserver peak RSS at the end: {record['server_peak_rss_mib_end']:.0f} MiB")
-        ceiling = measure_ceiling(checkpoint, BATCHES, BATCHES[-1], args.ceiling_seconds, device=args.device,
-                                  sparse_ratio=args.k / args.classes)
-        record["ceiling_images_per_s"] = ceiling.images_per_s
-        say(report, "in-process ceiling (no HTTP): " + ", ".join(
-            f"batch {batch}: {rate:.1f} images/s ({1000 * batch / rate:.0f} ms per batch)" for batch, rate in ceiling.images_per_s.items()))
     record["load_average_end"] = load_average()
     say(report, f"load average at the end: {record['load_average_end']}")
     write_records(args.out, "import_serving", record, report)
