@@ -1,7 +1,7 @@
 """The leakage report of an attack folder: ``report.json``, ``report.md`` and ``report.png``.
 
 One row per strategy of the latest experiment (the students that share the latest scratch baseline's
-architecture, training settings and stored responses), each with the fields DESIGN.md names:
+architecture, training settings and stored responses), each with the fields docs/design.md (Attack folders) names:
 ``strategy``, ``queries``, ``student_arch``, ``student_accuracy``, ``scratch_accuracy`` and
 ``leakage = student_accuracy - scratch_accuracy`` (percentage points), plus ``diverged``,
 ``diverged_step``, ``max_grad_norm`` and ``seconds``. A diverged student has ``student_accuracy`` and

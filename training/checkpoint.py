@@ -1,4 +1,4 @@
-"""Model checkpoints (DESIGN.md, Contracts / Checkpoint).
+"""Model checkpoints (docs/design.md, Checkpoints).
 
 One ``.safetensors`` file: the weights, and under the header metadata key ``stingy_teacher`` a JSON
 document with the model card (:class:`ModelCard`) and a SHA-256 digest of every tensor (name, dtype,

@@ -1,4 +1,4 @@
-"""A stand-in server that follows DESIGN.md's wire contract around a real checkpoint, with knobs for the
+"""A stand-in server that keeps the wire contract of docs/design.md around a real checkpoint, with knobs for the
 failures the attacker must survive. It is a test double for the attacker only (the real server is
 ``app``): in-process through ``httpx.ASGITransport``, or as a real uvicorn process::
 

@@ -1,4 +1,4 @@
-"""Invariants of every release policy (DESIGN.md, Contracts / Logit policies), property-tested."""
+"""Invariants of every release policy (docs/design.md, Release policies), property-tested."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Datasets by name (DESIGN.md, Contracts / Datasets).
+"""Datasets by name (docs/design.md, Datasets).
 
 ``load_dataset(name, split, root=None)`` returns an :class:`ImageDataset` for ``split`` in ``{"train", "test"}``.
 A dataset that is not on disk raises :class:`DatasetNotFoundError` naming where it looked and how to get it;
