@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -63,7 +62,8 @@ def rate_limited(wait_s: float) -> RateLimited:
 @dataclass(frozen=True)
 class Reservation:
     """Images counted against a key's budget by :meth:`StateStore.reserve`: ``remaining`` is what the key has
-    left after them; ``marker`` identifies this reservation so that giving it back happens at most once."""
+    left after them; ``marker`` identifies this reservation (Redis gives back, at most once, one whose reply
+    was lost)."""
 
     key_id: str
     images: int
@@ -75,94 +75,31 @@ class StateStore(ABC):
     """Budgets and rate limits shared by every process that opens the same store.
 
     Every method is thread-safe and blocking (call it off the event loop). A store that cannot be reached
-    raises :class:`app.errors.StateUnavailable` (503) and counts nothing for that call; a reservation whose
-    outcome is unknown, or a refund the store could not take, is given back on a later call once the store
-    answers again, so nothing is counted twice or lost while the process lives.
+    raises :class:`app.errors.StateUnavailable` (503) and counts nothing for that call (where the outcome of a
+    call is unknown, the store sees to it that nothing stays counted twice or lost).
     """
 
     kind = "state store"  # names the store in errors; never a path or address (clients see it)
 
     def __init__(self) -> None:
-        self._pending: list[Reservation] = []
-        self._pending_lock = threading.Lock()
         self._reachable = True
 
+    @abstractmethod
     def reserve(self, key_id: str, images: int, limit: int) -> Reservation:
         """Count ``images`` against ``key_id`` if ``used + images <= limit``, atomically across processes;
         raises :class:`app.errors.BudgetExhausted` (counting nothing) when they do not fit."""
-        self._settle()
-        return self._reserve(key_id, images, limit)
 
-    def refund(self, reservation: Reservation) -> None:
-        """Give back a reservation whose request the server failed to answer (once per reservation); never
-        raises: a refund the store cannot take now is retried on a later call."""
-        try:
-            self._give_back(reservation)
-        except StateUnavailable:
-            self._defer(reservation)
-
+    @abstractmethod
     def used(self, key_id: str) -> int:
         """Images counted against ``key_id`` so far (0 for a key never seen)."""
-        self._settle()
-        return self._used(key_id)
 
     @abstractmethod
     def take(self, bucket: TokenBucket, key: str) -> None:
         """Take one token from ``key``'s bucket; raises :class:`app.errors.RateLimited` when it is empty."""
 
+    @abstractmethod
     def close(self) -> None:
-        """Give back what is pending if the store answers (a warning names what could not be), then disconnect."""
-        self._settle()
-        if self._pending:
-            logger.warning("%s: %d reservations (%d images) could not be given back before closing",
-                           self.kind, len(self._pending), sum(r.images for r in self._pending))
-        self._disconnect()
-
-    @property
-    def pending(self) -> int:
-        """Reservations waiting to be given back once the store answers."""
-        return len(self._pending)
-
-    # ---- what each store implements ----------------------------------------------------------------------
-
-    @abstractmethod
-    def _reserve(self, key_id: str, images: int, limit: int) -> Reservation:
-        """:meth:`reserve` without settling; must :meth:`_defer` a reservation it may have counted before failing."""
-
-    @abstractmethod
-    def _give_back(self, reservation: Reservation) -> int:
-        """Undo ``reservation`` (called again only after it raised, so it must undo at most once in all) and
-        return the images given back (0 when it had not been counted); :class:`app.errors.StateUnavailable`
-        if the store is unreachable."""
-
-    @abstractmethod
-    def _used(self, key_id: str) -> int:
-        """:meth:`used` without settling."""
-
-    @abstractmethod
-    def _disconnect(self) -> None:
         """Close the connections."""
-
-    # ---- shared bookkeeping ------------------------------------------------------------------------------
-
-    def _defer(self, reservation: Reservation) -> None:
-        with self._pending_lock:
-            self._pending.append(reservation)
-
-    def _settle(self) -> None:
-        """Give back the deferred reservations; stops at the first that the store does not take."""
-        with self._pending_lock:
-            pending, self._pending = self._pending, []
-        for position, reservation in enumerate(pending):
-            try:
-                images = self._give_back(reservation)
-            except StateUnavailable:
-                with self._pending_lock:
-                    self._pending[:0] = pending[position:]
-                return
-            if images:
-                logger.warning("%s: gave back %d images counted for key %r in a request that was not served",
-                               self.kind, images, reservation.key_id)
 
     def _unavailable(self, error: Exception) -> StateUnavailable:
         """The 503 for ``error``; the first failure after a success is logged (with details clients never see)."""

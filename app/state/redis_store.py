@@ -7,16 +7,17 @@ under ``stingy:`` in the URL's database: ``stingy:budget:{key id}`` (an integer)
 
 Exactly once: a reservation writes a marker (expiring after ``marker_ttl_s``) holding its image count, in the
 same script. Reserving again under the same marker counts nothing more, so a retried call (a reconnect after
-a dropped connection) is safe; giving back deletes the marker and subtracts its count in one script, so a
-refund happens at most once. A reservation whose reply never arrived is given back on a later call once Redis
-answers: if Redis had counted it the marker is there and the images return to the key; if not, nothing
-happens. Budgets survive a Redis restart only if Redis persists its data (``appendonly yes`` with
+a dropped connection) is safe. A reservation whose reply never arrived (its request was not served) is given
+back at this process's next call once Redis answers: one script deletes the marker and subtracts its count,
+so if Redis had counted it the images return to the key, once; if not, nothing happens. Budgets survive a Redis restart only if Redis persists its data (``appendonly yes`` with
 ``appendfsync always``; see docs/serving.md).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,10 +25,11 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from app.errors import BudgetExhausted
+from app.errors import BudgetExhausted, StateUnavailable
 from app.state.base import Reservation, StateStore, TokenBucket, rate_limited
 
 PREFIX = "stingy:"
+logger = logging.getLogger("stingy.state")
 T = TypeVar("T")
 
 # KEYS: budget counter, reservation marker. ARGV: images, limit, marker ttl (ms).
@@ -81,6 +83,8 @@ class RedisStore(StateStore):
 
     def __init__(self, url: str, *, timeout_s: float = 2.0, marker_ttl_s: float = 300.0) -> None:
         super().__init__()
+        self._pending: list[Reservation] = []  # reservations whose outcome is unknown, to give back
+        self._pending_lock = threading.Lock()
         self._marker_ttl_ms = int(marker_ttl_s * 1000)
         self._redis = redis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True,
@@ -89,11 +93,8 @@ class RedisStore(StateStore):
         self._give_back_script = self._redis.register_script(GIVE_BACK)
         self._take_script = self._redis.register_script(TAKE)
 
-    def ping(self) -> None:
-        """Check that Redis answers; :class:`app.errors.StateUnavailable` if not."""
-        self._call(self._redis.ping)
-
-    def _reserve(self, key_id: str, images: int, limit: int) -> Reservation:
+    def reserve(self, key_id: str, images: int, limit: int) -> Reservation:
+        self._settle()
         marker = os.urandom(12).hex()
         try:
             granted, used = self._call(self._reserve_script, keys=[_budget(key_id), _marker(marker)],
@@ -105,10 +106,8 @@ class RedisStore(StateStore):
             raise BudgetExhausted(int(used), limit, images)
         return Reservation(key_id, images, limit - int(used), marker)
 
-    def _give_back(self, reservation: Reservation) -> int:
-        return int(self._call(self._give_back_script, keys=[_budget(reservation.key_id), _marker(reservation.marker)]))
-
-    def _used(self, key_id: str) -> int:
+    def used(self, key_id: str) -> int:
+        self._settle()
         return int(self._call(self._redis.get, _budget(key_id)) or 0)
 
     def take(self, bucket: TokenBucket, key: str) -> None:
@@ -116,8 +115,37 @@ class RedisStore(StateStore):
         if wait > 0:
             raise rate_limited(wait)
 
-    def _disconnect(self) -> None:
+    def close(self) -> None:
+        """Give back what is pending if Redis answers (a warning says what could not be), then disconnect."""
+        self._settle()
+        if self._pending:
+            logger.warning("Redis: %d reservations (%d images) whose requests were not served could not be given back "
+                           "before closing", len(self._pending), sum(r.images for r in self._pending))
         self._redis.close()
+
+    @property
+    def pending(self) -> int:
+        """Reservations waiting to be given back once Redis answers."""
+        return len(self._pending)
+
+    def _defer(self, reservation: Reservation) -> None:
+        with self._pending_lock:
+            self._pending.append(reservation)
+
+    def _settle(self) -> None:
+        """Give back the deferred reservations; stops at the first that Redis does not take."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+        for position, reservation in enumerate(pending):
+            try:
+                images = int(self._call(self._give_back_script, keys=[_budget(reservation.key_id), _marker(reservation.marker)]))
+            except StateUnavailable:
+                with self._pending_lock:
+                    self._pending[:0] = pending[position:]
+                return
+            if images:
+                logger.warning("Redis: gave back %d images counted for key %r in a request that was not served",
+                               images, reservation.key_id)
 
     def _call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:

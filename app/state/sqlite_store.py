@@ -57,7 +57,7 @@ class SqliteStore(StateStore):
             for statement in SCHEMA:
                 self._budget_db.execute(statement)
 
-    def _reserve(self, key_id: str, images: int, limit: int) -> Reservation:
+    def reserve(self, key_id: str, images: int, limit: int) -> Reservation:
         """A transaction that fails rolls back whole: a reservation that raised was never counted."""
         with self._budget_lock, self._transaction(self._budget_db):
             self._budget_db.execute("INSERT OR IGNORE INTO budget (key_id, used) VALUES (?, 0)", (key_id,))
@@ -69,12 +69,7 @@ class SqliteStore(StateStore):
             raise BudgetExhausted(used, limit, images)
         return Reservation(key_id, images, limit - used, marker=os.urandom(8).hex())
 
-    def _give_back(self, reservation: Reservation) -> int:
-        with self._budget_lock, self._transaction(self._budget_db):
-            self._budget_db.execute("UPDATE budget SET used = MAX(used - ?, 0) WHERE key_id = ?", (reservation.images, reservation.key_id))
-        return reservation.images
-
-    def _used(self, key_id: str) -> int:
+    def used(self, key_id: str) -> int:
         with self._budget_lock, self._unavailable_on_error():
             return self._select_used(key_id)
 
@@ -95,7 +90,7 @@ class SqliteStore(StateStore):
         if wait > 0:
             raise rate_limited(wait)
 
-    def _disconnect(self) -> None:
+    def close(self) -> None:
         with self._budget_lock, self._bucket_lock:
             self._budget_db.close()
             self._bucket_db.close()
