@@ -155,14 +155,16 @@ def _keyed_requests(server: ServerProcess, until: Callable[[int], bool]) -> int:
 
 @pytest.mark.slow
 def test_slow_and_silent_clients_are_cut_off_without_holding_up_others(guarded_server: ServerProcess) -> None:
-    """A connection that sends nothing, one that sends its head a byte every 0.2 s, and one that sends its
-    body a byte every 0.2 s: the first two are closed after the head deadline, the third gets 408 after the
-    body deadline, and a keyed client is answered all the while."""
+    """A connection that sends nothing, one that sends its head a byte every 0.2 s, one that sends its body a
+    byte every 0.2 s, and one left open after its answer: the first two are closed after the head deadline,
+    the third gets 408 after the body deadline, the fourth is closed after the keep-alive timeout, and a keyed
+    client is answered all the while."""
     body = b'{"pixels": ' + str(random_images(1, 0).tolist()).encode() + b"}"
     head = (f"POST /v1/predict HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {SECRET}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode()
-    silent, slow_head, slow_body = (_connect(guarded_server) for _ in range(3))
+    silent, slow_head, slow_body, idle = (_connect(guarded_server) for _ in range(4))
     slow_body.sendall(head)
+    idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")  # answered, then left open (keep-alive)
     stop = threading.Event()
     senders = [threading.Thread(target=_trickle, args=(slow_head, head + body, stop)),
                threading.Thread(target=_trickle, args=(slow_body, body, stop))]
@@ -171,13 +173,15 @@ def test_slow_and_silent_clients_are_cut_off_without_holding_up_others(guarded_s
     try:
         _keyed_requests(guarded_server, lambda answered: answered == 5)
         outcomes = {name: _read_until_closed(connection, CUT_OFF_WITHIN_S)
-                    for name, connection in (("silent", silent), ("slow head", slow_head), ("slow body", slow_body))}
+                    for name, connection in (("silent", silent), ("slow head", slow_head), ("slow body", slow_body),
+                                             ("idle keep-alive", idle))}
     finally:
         stop.set()
         for sender in senders:
             sender.join(5)
-        for connection in (silent, slow_head, slow_body):
+        for connection in (silent, slow_head, slow_body, idle):
             connection.close()
+    assert outcomes["idle keep-alive"][0].startswith(b"HTTP/1.1 200 OK")
     assert outcomes["silent"][0] == b"" and outcomes["slow head"][0] == b""
     status_line, _, rest = outcomes["slow body"][0].partition(b"\r\n")
     assert status_line == b"HTTP/1.1 408 Request Timeout" and b'"code":"request_timeout"' in rest, outcomes["slow body"]
