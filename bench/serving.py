@@ -6,7 +6,8 @@ in-process ceiling, measured in one run.
     python -m bench.serving --models cnn --formats v2-json --clients 64 --duration 10
 
 For each model: the ceiling (:mod:`bench.ceiling`: normalise + forward + stingy policy in process, batch 1,
-32 and 256, and the policy's share of the forward at batch 32); then one server (the stingy
+32 and 256, the better of torch's default threads and one thread, before and after the load; and the
+policy's share of the forward at batch 32); then one server (the stingy
 policy, ``--device``, defaults otherwise) loaded by ``hey`` (``apt-get install hey``) at each number of concurrent
 clients, one image per request and 256 per request, as v2 JSON numbers, v2 binary tensor data and v1 PNG
 uploads. Per setting: answered images/s, p50/p99 latency, 503s (load shed), mean images per forward pass
