@@ -1,7 +1,7 @@
 """The in-process ceiling of a served model: what :meth:`app.runner.ModelRunner.forward` (normalise, forward,
 release policy) does on ready ``uint8`` batches with no HTTP at all, and the policy's share of it.
 
-    ceiling = images in the timed passes / their seconds, for one batch size
+    ceiling = images in the timed passes / their seconds, for one batch size (wall seconds, and CPU seconds)
     policy share = seconds of ``policy.sparse(logits)`` / seconds of ``model(x)``, at one batch size
 """
 
@@ -32,22 +32,25 @@ def random_checkpoint(folder: Path, arch: str, channels: int, image_size: int, c
     return path
 
 
-def _seconds_per_call(function: Callable[[], object], seconds: float) -> float:
-    """Mean seconds of ``function()`` over at least ``seconds`` (after two untimed calls), at least 3 calls."""
+def _seconds_per_call(function: Callable[[], object], seconds: float) -> tuple[float, float]:
+    """Mean wall seconds and mean CPU seconds (this process, all threads) of ``function()`` over at least
+    ``seconds`` (after two untimed calls), at least 3 calls."""
     function()
     function()
-    calls, began = 0, time.perf_counter()
+    calls, began, cpu = 0, time.perf_counter(), time.process_time()
     while calls < 3 or time.perf_counter() - began < seconds:
         function()
         calls += 1
-    return (time.perf_counter() - began) / calls
+    return (time.perf_counter() - began) / calls, (time.process_time() - cpu) / calls
 
 
 @dataclass(frozen=True)
 class Ceiling:
-    """Images per second of the whole forward (model and policy) by batch size, and the policy's share."""
+    """Images per second of the whole forward (model and policy) by batch size, per wall second and per CPU
+    second (which a busy machine disturbs less), and the policy's share."""
 
     images_per_s: dict[int, float]
+    images_per_cpu_s: dict[int, float]
     policy_batch: int
     forward_ms: float
     policy_ms: float
@@ -60,8 +63,9 @@ class Ceiling:
         """Per batch size the higher rate, and the faster forward with its policy time, of two measurements of
         one model (at two thread counts, or before and after a load test: the higher one is nearer the truth)."""
         rates = {batch: max(rate, other.images_per_s[batch]) for batch, rate in self.images_per_s.items()}
+        cpu_rates = {batch: max(rate, other.images_per_cpu_s[batch]) for batch, rate in self.images_per_cpu_s.items()}
         faster = self if self.forward_ms <= other.forward_ms else other
-        return Ceiling(rates, self.policy_batch, faster.forward_ms, faster.policy_ms)
+        return Ceiling(rates, cpu_rates, self.policy_batch, faster.forward_ms, faster.policy_ms)
 
 
 def measure_ceiling(checkpoint: Path, batch_sizes: tuple[int, ...], policy_batch: int, seconds: float, *,
@@ -90,16 +94,17 @@ def measure_ceiling_with(checkpoint: Path, batch_sizes: tuple[int, ...], policy_
     runner = ModelRunner(checkpoint, make_policy(policy, sparse_ratio=sparse_ratio), device=device,
                          max_batch_size=max(batch_sizes))
     generator = torch.Generator().manual_seed(0)
-    rates = {}
+    rates, cpu_rates = {}, {}
     for batch in batch_sizes:
         images = torch.randint(0, 256, (batch, *runner.spec.shape), dtype=torch.uint8, generator=generator)
-        rates[batch] = batch / _seconds_per_call(lambda: runner.forward([images]), seconds)
+        wall, cpu = _seconds_per_call(lambda: runner.forward([images]), seconds)
+        rates[batch], cpu_rates[batch] = batch / wall, batch / cpu
     card = runner.card
     images = torch.randint(0, 256, (policy_batch, *runner.spec.shape), dtype=torch.uint8, generator=generator)
     synchronize = torch.cuda.synchronize if runner.device.type == "cuda" else (lambda: None)
     with torch.inference_mode():
         x = normalize(images, card.mean, card.std).to(runner.device)
         logits = runner.model(x).float()
-        forward = _seconds_per_call(lambda: (runner.model(x), synchronize()), seconds)
-        policy_seconds = _seconds_per_call(lambda: (runner.policy.sparse(logits), synchronize()), seconds / 4)
-    return Ceiling(rates, policy_batch, 1000 * forward, 1000 * policy_seconds)
+        forward, _ = _seconds_per_call(lambda: (runner.model(x), synchronize()), seconds)
+        policy_seconds, _ = _seconds_per_call(lambda: (runner.policy.sparse(logits), synchronize()), seconds / 4)
+    return Ceiling(rates, cpu_rates, policy_batch, 1000 * forward, 1000 * policy_seconds)

@@ -11,8 +11,10 @@ policy's share of the forward at batch 32); then one server (the stingy
 policy, ``--device``, defaults otherwise) loaded by ``hey`` (``apt-get install hey``) at each number of concurrent
 clients, one image per request and 256 per request, as v2 JSON numbers, v2 binary tensor data and v1 PNG
 uploads. Per setting: answered images/s, p50/p99 latency, 503s (load shed), mean images per forward pass
-(from the server's ``/metrics``), CPU seconds per second of server and client, and API / ceiling (the
-batch-32 ceiling for one-image requests, batch-256 for 256-image requests). Then the targets of issue 11,
+(from the server's ``/metrics``), CPU seconds per second of server and client, API / ceiling (the
+batch-32 ceiling for one-image requests, batch-256 for 256-image requests), and the same per CPU second
+(answered images per second of the server's CPU time over the ceiling's images per CPU second: what a busy,
+shared machine disturbs less). Then the targets of issue 11,
 met or not. Raw records: ``OUT/serving.json`` and ``OUT/serving.txt``.
 
 Client and server share this machine's CPUs (see the CPU columns); ``--server-cpus``/``--client-cpus``
@@ -62,15 +64,17 @@ class Row:
     server_cpu: float  # CPU seconds per wall second
     client_cpu: float
     api_over_ceiling: float
+    cpu_over_ceiling: float  # (answered images per server CPU second) / (ceiling images per CPU second)
 
     def line(self) -> str:
         return (f"| {self.model} | {self.format} | {self.images_per_request} | {self.clients} | {self.answered} | {self.shed} | "
                 f"{self.images_per_s:.0f} | {self.p50_ms:.1f} | {self.p99_ms:.1f} | {self.mean_images_per_forward:.1f} | "
-                f"{self.server_cpu:.2f} | {self.client_cpu:.2f} | {self.api_over_ceiling:.2f} |")
+                f"{self.server_cpu:.2f} | {self.client_cpu:.2f} | {self.api_over_ceiling:.2f} | {self.cpu_over_ceiling:.2f} |")
 
 
 HEADER = ("| model | format | images/request | clients | answered | 503 | images/s | p50 ms | p99 ms | images/forward | "
-          "server CPU | client CPU | API / ceiling |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "server CPU | client CPU | API / ceiling | same per CPU second |\n"
+          "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 
 
 def _metric(url: str, name: str) -> float:
@@ -116,7 +120,7 @@ def measure_model(model: str, args: argparse.Namespace, scratch: Path, report: l
         generator = torch.Generator().manual_seed(0)
         for per_request in args.images:
             pixels = torch.randint(0, 256, (per_request, channels, size, size), dtype=torch.uint8, generator=generator)
-            reference = ceiling.images_per_s[32 if per_request == 1 else 256]
+            batch = 32 if per_request == 1 else 256
             for fmt in args.formats:
                 body = make_body(fmt, model, pixels)
                 for clients in args.clients:
@@ -128,7 +132,8 @@ def measure_model(model: str, args: argparse.Namespace, scratch: Path, report: l
                     rate = load.ok * per_request / load.wall_s
                     row = Row(model, fmt, per_request, clients, load.requests, load.ok, load.statuses.get("503", 0), rate,
                               load.p50_ms, load.p99_ms, (images_after - images_before) / max(passes_after - passes_before, 1),
-                              server_cpu / load.wall_s, load.client_cpu_s / load.wall_s, rate / reference)
+                              server_cpu / load.wall_s, load.client_cpu_s / load.wall_s, rate / ceiling.images_per_s[batch],
+                              load.ok * per_request / max(server_cpu, 1e-9) / ceiling.images_per_cpu_s[batch])
                     unexpected = {status: n for status, n in load.statuses.items() if status not in ("200", "503")}
                     if unexpected:
                         raise RuntimeError(f"{model} {fmt}: unexpected answers {unexpected}; server log:\n{server.output()[-2000:]}")
@@ -140,8 +145,10 @@ def measure_model(model: str, args: argparse.Namespace, scratch: Path, report: l
     again = describe_ceiling(report, "after the load", measure_ceiling(
         checkpoint, CEILING_BATCHES, POLICY_BATCH, args.ceiling_seconds, device=args.device))
     best = ceiling.best(again)
-    for row in rows:  # API / the better of the two ceilings
-        row.api_over_ceiling = row.images_per_s / best.images_per_s[32 if row.images_per_request == 1 else 256]
+    for row in rows:  # against the better of the two ceilings
+        batch = 32 if row.images_per_request == 1 else 256
+        row.cpu_over_ceiling *= ceiling.images_per_cpu_s[batch] / best.images_per_cpu_s[batch]
+        row.api_over_ceiling = row.images_per_s / best.images_per_s[batch]
     say(report, f"\n{model}, API / ceiling against the better of the two ceilings:\n\n{HEADER}")
     for row in rows:
         say(report, row.line())
@@ -151,7 +158,7 @@ def measure_model(model: str, args: argparse.Namespace, scratch: Path, report: l
 
 def describe_ceiling(report: list[str], when: str, ceiling: Ceiling) -> Ceiling:
     say(report, f"ceiling {when} (in process: normalise + forward + stingy policy): " + ", ".join(
-        f"batch {b}: {rate:.0f} images/s" for b, rate in ceiling.images_per_s.items())
+        f"batch {b}: {rate:.0f} images/s ({ceiling.images_per_cpu_s[b]:.0f} per CPU s)" for b, rate in ceiling.images_per_s.items())
         + f"; stingy policy at batch {ceiling.policy_batch}: {ceiling.policy_ms:.3f} ms of a {ceiling.forward_ms:.2f} ms "
           f"model forward ({100 * ceiling.policy_share:.2f}%); load average {load_average()}")
     return ceiling
@@ -170,16 +177,19 @@ def targets(model: str, ceiling: Ceiling, rows: list[Row]) -> list[dict[str, obj
         one = row(fmt, 1, 64)
         if one is not None and model == "cnn":
             found.append({"target": "cnn, 64 one-image clients: API >= 0.5 of the batch-32 ceiling", "format": fmt,
-                          "value": round(one.api_over_ceiling, 3), "met": one.api_over_ceiling >= 0.5})
+                          "value": round(one.api_over_ceiling, 3), "per_cpu_second": round(one.cpu_over_ceiling, 3),
+                          "met": one.api_over_ceiling >= 0.5})
             tail = one.p99_ms / one.p50_ms
             found.append({"target": "cnn, 64 one-image clients: p99 <= 4 x p50", "format": fmt, "value": round(tail, 2), "met": tail <= 4})
         if one is not None and model == "resnetc20":
             found.append({"target": "resnetc20, 64 one-image clients: API >= 0.9 of the batch-32 ceiling", "format": fmt,
-                          "value": round(one.api_over_ceiling, 3), "met": one.api_over_ceiling >= 0.9})
+                          "value": round(one.api_over_ceiling, 3), "per_cpu_second": round(one.cpu_over_ceiling, 3),
+                          "met": one.api_over_ceiling >= 0.9})
         bulk = row(fmt, 256, None)
         if bulk is not None and model == "cnn":
             found.append({"target": f"cnn, 256-image requests (best: {bulk.clients} clients): API >= 0.9 of the batch-256 ceiling",
-                          "format": fmt, "value": round(bulk.api_over_ceiling, 3), "met": bulk.api_over_ceiling >= 0.9})
+                          "format": fmt, "value": round(bulk.api_over_ceiling, 3), "per_cpu_second": round(bulk.cpu_over_ceiling, 3),
+                          "met": bulk.api_over_ceiling >= 0.9})
     found.append({"target": f"{model}: stingy policy <= 2% of the forward at batch {POLICY_BATCH}", "format": "in process",
                   "value": round(ceiling.policy_share, 4), "met": ceiling.policy_share <= 0.02})
     return found
@@ -249,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     say(report, "\n## targets\n")
     for result in results:
         for target in result["targets"]:  # type: ignore[union-attr]
-            say(report, f"- {target['target']} [{target['format']}]: {target['value']} -> {'met' if target['met'] else 'NOT met'}")
+            per_cpu = f" (per CPU second: {target['per_cpu_second']})" if "per_cpu_second" in target else ""
+            say(report, f"- {target['target']} [{target['format']}]: {target['value']}{per_cpu} -> {'met' if target['met'] else 'NOT met'}")
     say(report, f"\nload average at the end: {load_average()}")
     record = {"began": began, "load_average_end": load_average(), "machine": machine(), "settings": settings_of(args),
               "models": results}
