@@ -47,6 +47,10 @@ def test_smoke_preset_runs_every_experiment(smoke_run: Path) -> None:
     for row in rows:
         assert row["diverged"] or row["test_accuracy"] is not None
         assert row["max_grad_norm"] > 0
+        for epoch in row.get("history", []):  # the loss's named terms add up to it, every epoch
+            assert sum(epoch["loss_terms"].values()) == pytest.approx(epoch["train_loss"], rel=1e-4)
+    terms = {tuple(sorted(epoch["loss_terms"])) for row in rows for epoch in row.get("history", [])}
+    assert {("ce", "kd"), ("ce",)} <= terms, "KD runs log their KD and CE terms, runs on labels their CE"
 
 
 def test_smoke_report_shows_the_values_of_the_results(smoke_run: Path) -> None:

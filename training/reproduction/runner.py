@@ -101,7 +101,7 @@ class BenchmarkRunner:
 
 
 def _result_fields(result: FitResult) -> dict[str, Any]:
-    keep = ("epoch", "train_loss", "test_accuracy", "max_grad_norm", "lr")
+    keep = ("epoch", "train_loss", "loss_terms", "test_accuracy", "max_grad_norm", "lr")
     return {**result.summary(), "history": [{k: h[k] for k in keep} for h in result.history]}
 
 
