@@ -59,7 +59,7 @@ def test_a_server_that_cannot_start_says_why_in_one_line(tiny_teacher: Path, tmp
     assert "Traceback" not in done.stdout and "Application startup" not in done.stdout + done.stderr
 
 
-def test_an_open_server_must_be_asked_for_off_loopback(tiny_teacher: Path, tmp_path: Path) -> None:
+def test_an_open_server_must_be_asked_for_off_loopback(tiny_teacher: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1") and is_loopback("127.0.0.2")
     assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("192.168.1.5") and not is_loopback("example.org")
     with pytest.raises(ValueError, match="pass --allow-anonymous"):
@@ -67,6 +67,8 @@ def test_an_open_server_must_be_asked_for_off_loopback(tiny_teacher: Path, tmp_p
     create_app(make_settings(tiny_teacher, tmp_path, host="0.0.0.0", allow_anonymous=True))
     create_app(make_settings(tiny_teacher, tmp_path, host="0.0.0.0", api_keys="alice:secret-a"))
     create_app(make_settings(tiny_teacher, tmp_path))  # 127.0.0.1: open, with the start-up warning only
+    monkeypatch.setenv("STINGY_ALLOW_ANONYMOUS", "1")  # the owner's explicit choice, from the environment
+    create_app(make_settings(tiny_teacher, tmp_path, host="0.0.0.0"))
 
 
 def test_a_busy_port_is_found_before_anything_loads() -> None:
