@@ -138,6 +138,7 @@ def test_sigterm_lets_the_request_in_flight_complete(tiny_teacher: Path, tmp_pat
                                                              "only with --allow-disclosing-policy"),
     (["--checkpoint", "TINY", "--budget-images", "5"], {"STINGY_API_KEYS": "a:one,two"}, "API key entry 2 has no name"),
     (["--checkpoint", "TINY"], {"STINGY_API_KEYS": "a:one", "STINGY_METRICS_KEY": "one"}, "must differ from every API key"),
+    (["--checkpoint", "TINY"], {"STINGY_API_KEYS_FILE": "/nonexistent/keys"}, "No such file or directory: '/nonexistent/keys'"),
 ])
 def test_bad_settings_exit_with_status_2_and_one_line(tiny_teacher: Path, monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str], argv: list[str], env: dict[str, str],
@@ -156,8 +157,10 @@ def test_flags_override_the_environment(tiny_teacher: Path, monkeypatch: pytest.
     monkeypatch.setenv("STINGY_POLICY", "least")
     monkeypatch.setenv("STINGY_SPARSE_RATIO", "0.3")
     monkeypatch.setenv("STINGY_API_KEYS", "a:one, b:two")
+    monkeypatch.setenv("STINGY_API_KEYS_FILE", "/run/secrets/api_keys")  # how the compose stack passes its secret
     from_env = settings_from_args(build_parser().parse_args([]))
     assert (from_env.port, from_env.policy, from_env.sparse_ratio, len(from_env.api_keys)) == (9000, "least", 0.3, 2)
+    assert from_env.api_keys_file == Path("/run/secrets/api_keys")
     assert from_env.served_name == "teacher" and from_env.batching is True
     flags = settings_from_args(build_parser().parse_args(["--port", "9001", "--k", "2", "--no-batching", "--model-name", "fm"]))
     assert (flags.port, flags.policy, flags.sparse_ratio, flags.k, flags.batching, flags.served_name) == (9001, "stingy", None, 2, False, "fm")
