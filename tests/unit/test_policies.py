@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -39,12 +40,15 @@ def logit_batches(draw: st.DrawFn) -> torch.Tensor:
 
 @st.composite
 def policies_for(draw: st.DrawFn, num_classes: int, names: list[str] | None = None) -> object:
-    """A policy among ``names`` (default: every registered one) that fits ``num_classes``; noise with its default seed."""
+    """A policy among ``names`` (default: every registered one) that fits ``num_classes``; a policy with a
+    ``seed`` (noise) gets an explicit one, so that a twin built from its config draws the same noise."""
     name = draw(st.sampled_from(names or sorted(POLICIES)))
     if issubclass(POLICIES[name], TopNPolicy):
         if draw(st.booleans()):
             return make_policy(name, k=draw(st.integers(1, num_classes)))
         return make_policy(name, sparse_ratio=draw(st.floats(0.001, 1.0)))
+    if "seed" in {field.name for field in dataclasses.fields(POLICIES[name])}:
+        return make_policy(name, seed=draw(st.integers(0, 2**31 - 1)))
     return make_policy(name)
 
 
