@@ -5,6 +5,9 @@
     stingy-train nasty --adversary runs/teacher/teacher.safetensors --temperature 4 --omega 0.04 --out runs/nasty
     stingy-train import --arch torchvision:resnet50 --weights model.pth --class-names classes.txt --out model.safetensors
     stingy-train models | datasets | policies
+
+Data-parallel on N GPUs (or N CPU processes with gloo): torchrun --nproc_per_node N -m training.cli teacher ...
+(--batch-size is per process; rank 0 writes the run folder and prints).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from training.console import (
 )
 from training.data import ImageDataset, dataset_names, load_dataset
 from training.devices import resolve_device
+from training.distributed import init_from_environment, is_main_process, shutdown
 from training.engine import STATE_FILE, FitResult, TrainConfig
 from training.import_command import IMPORT_ERRORS, add_import_parser
 from training.losses import KD_ALPHA, KD_TEMPERATURE
@@ -47,7 +51,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=defaults.seed, help="seed of the initialisation, data order and --train-subset (default %(default)s)")
     group.add_argument("--num-workers", type=int, default=0, help="data-loading processes (file-based datasets; default %(default)s)")
     run = parser.add_argument_group("run folder")
-    run.add_argument("--out", required=True, type=Path, help="run folder: checkpoint, metrics.jsonl, state.pt, result.json")
+    run.add_argument("--out", required=True, type=Path, help="run folder: checkpoint, metrics.jsonl, state.pt, result.json "
+                     "(under torchrun: written by rank 0; on several machines, shared storage)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved epoch")
     run.add_argument("--force", action="store_true", help="start over even if --out holds a run")
 
@@ -62,7 +67,10 @@ def policy_from_args(args: argparse.Namespace) -> LogitPolicy:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return train_config(args, grad_clip=args.grad_clip, augment=not args.no_augment, seed=args.seed, num_workers=args.num_workers)
+    """The run's settings; under ``torchrun`` this process also joins the process group (NCCL on CUDA, gloo on CPU)."""
+    config = train_config(args, grad_clip=args.grad_clip, augment=not args.no_augment, seed=args.seed, num_workers=args.num_workers)
+    init_from_environment(config.device)
+    return config
 
 
 def load_splits(args: argparse.Namespace, dataset: str) -> tuple[ImageDataset, ImageDataset]:
@@ -80,6 +88,8 @@ def check_run_folder(args: argparse.Namespace) -> None:
 
 
 def report(result: FitResult, out: Path, checkpoint: str) -> None:
+    if not is_main_process():
+        return
     status = f"DIVERGED at step {result.diverged_step}" if result.diverged else "done"
     accuracy = "n/a" if result.test_accuracy is None else f"{result.test_accuracy:.2f}%"
     print(f"{status}: test accuracy {accuracy}, max gradient norm {result.max_grad_norm:.3g}, "
@@ -183,7 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(build_parser(), argv, exits=[ErrorExit(IMPORT_ERRORS, EXIT_USAGE)], resume_hint="continue with --resume")
+    try:
+        return run_command(build_parser(), argv, exits=[ErrorExit(IMPORT_ERRORS, EXIT_USAGE)], resume_hint="continue with --resume")
+    finally:
+        shutdown()
 
 
 if __name__ == "__main__":

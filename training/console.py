@@ -154,7 +154,7 @@ def add_optimizer_options(group: argparse._ArgumentGroup, defaults: TrainConfig,
     """How a model is trained: epochs, batch size (``batch_flag``), SGD/Adam settings, lr schedule, device."""
     group.add_argument("--epochs", type=int, default=defaults.epochs, help=f"(default {defaults.epochs})")
     group.add_argument(batch_flag, dest="train_batch_size", type=int, default=defaults.batch_size,
-                       help=f"training batch size (default {defaults.batch_size})")
+                       help=f"training batch size, per process under torchrun (default {defaults.batch_size})")
     group.add_argument("--lr", type=float, default=defaults.lr, help=f"learning rate (default {defaults.lr})")
     group.add_argument("--momentum", type=float, default=defaults.momentum, help=f"(default {defaults.momentum})")
     group.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help=f"(default {defaults.weight_decay})")

@@ -5,6 +5,9 @@ CUDA) -> objective -> non-finite check -> backward -> gradient norm (optionally 
 then the learning-rate step, a test-set evaluation, a metrics line (the loss and the epoch mean of each of
 the objective's named terms, e.g. ``kd`` and ``ce``), and (with a run folder) an atomic
 checkpoint and resume state. Runs are repeatable on CPU for a given seed, also across ``resume``.
+Under ``torchrun`` (an initialised process group) the same loop is data-parallel: see
+:mod:`training.distributed` for what changes (per-process batch size, each rank's share of the data,
+global reductions, rank 0 writing the run folder).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from defense import LogitPolicy
 from training.checkpoint import ModelCard, save_checkpoint
 from training.data import Batch, ImageDataset
 from training.devices import autocast_for, prepare_inputs, resolve_device
+from training.distributed import Distributed, current
 from training.io import append_json_line, atomic_path, read_json_lines
 from training.objectives import Objective
 from training.progress import progress_enabled
@@ -145,9 +149,12 @@ def fit(
     With ``run_dir``: each epoch appends a line to ``metrics.jsonl`` and atomically rewrites the checkpoint
     (``checkpoint_name``, with ``card`` and that epoch's test accuracy) and ``state.pt`` (optimiser, schedule,
     history). ``resume=True`` continues from ``state.pt``. A non-finite loss stops the run; the result says
-    at which step, and the checkpoint keeps the last finite epoch's weights.
+    at which step, and the checkpoint keeps the last finite epoch's weights. In a process group every rank
+    calls ``fit`` with the same arguments; rank 0 alone writes ``run_dir``.
     """
-    device = resolve_device(config.device)
+    ddp = current()
+    device = resolve_device(config.device) if ddp is None else ddp.device(resolve_device(config.device))
+    writer = folder_of(run_dir, ddp)
     info = train_data.info
     mean, std = (card.mean, card.std) if card else (info.mean, info.std)
     folder = Path(run_dir) if run_dir is not None else None
@@ -164,25 +171,35 @@ def fit(
     start_epoch = 0
     if folder is not None and resume and (folder / STATE_FILE).is_file():
         start_epoch = _load_state(folder / STATE_FILE, model, optimizer, scheduler, scaler, result)
-        _truncate_metrics(folder / METRICS_FILE, start_epoch)
-    elif folder is not None and resume is False and (folder / METRICS_FILE).exists():
-        (folder / METRICS_FILE).unlink()
+        if writer is not None:
+            _truncate_metrics(writer / METRICS_FILE, start_epoch)
+    elif writer is not None and resume is False and (writer / METRICS_FILE).exists():
+        (writer / METRICS_FILE).unlink()
     began = time.perf_counter() - result.seconds
-    step = _Step(model, objective, optimizer, scaler, autocast, config.grad_clip, mean, std, device)
+    step = _Step(model if ddp is None else ddp.wrap(model, device), objective, optimizer, scaler, autocast, config.grad_clip, mean, std, device)
+    if ddp is not None:
+        step.finite = ddp.all_finite
     for epoch in range(start_epoch + 1, config.epochs + 1):
         epoch_began = time.perf_counter()
+        if ddp is None:
+            positions = None
+            seed = epoch_seed(config.seed, epoch)
+        else:
+            positions = ddp.epoch_positions(len(train_data), config.seed, epoch)
+            seed = epoch_seed(config.seed, epoch) + ddp.rank  # each rank its own augmentation
         batches = train_data.batches(
-            config.batch_size, shuffle=True, augment=config.augment, seed=epoch_seed(config.seed, epoch), num_workers=config.num_workers
+            config.batch_size, shuffle=positions is None, augment=config.augment, seed=seed, num_workers=config.num_workers, indices=positions
         )
-        total = math.ceil(len(train_data) / config.batch_size)
+        total = math.ceil((len(train_data) if positions is None else len(positions)) / config.batch_size)
         stats = step.epoch(tqdm(batches, total=total, desc=f"{desc} {epoch}/{config.epochs}", leave=False, disable=not progress_enabled()), result)
+        if ddp is not None:
+            ddp.sync_buffers(model)
+            stats = stats if result.diverged else _reduced(stats, ddp, device)
         result.max_grad_norm = max(result.max_grad_norm, stats.max_grad_norm)
         if result.diverged:
             break
         scheduler.step()
-        test_logits = predict_logits(model, test_data, mean, std, device=device, batch_size=config.eval_batch_size,
-                                     amp=config.amp, num_workers=config.num_workers, desc="eval")
-        result.test_accuracy = accuracy(test_logits, test_data.labels)
+        result.test_accuracy = _test_accuracy(model, test_data, mean, std, device, config, ddp)
         result.seconds = time.perf_counter() - began
         record = {
             "epoch": epoch, "train_loss": stats.mean_loss, "loss_terms": stats.mean_terms(), "test_accuracy": result.test_accuracy,
@@ -190,15 +207,43 @@ def fit(
             "epoch_seconds": round(time.perf_counter() - epoch_began, 3), "seconds": round(result.seconds, 3),
         }
         result.history.append(record)
-        if folder is not None:
-            append_json_line(folder / METRICS_FILE, record)
+        if writer is not None:
+            append_json_line(writer / METRICS_FILE, record)
             if card is not None:
-                save_checkpoint(folder / checkpoint_name, model, _with_accuracy(card, result.test_accuracy, epoch, config))
-            _save_state(folder / STATE_FILE, epoch, model, optimizer, scheduler, scaler, result)
+                save_checkpoint(writer / checkpoint_name, model, _with_accuracy(card, result.test_accuracy, epoch, config))
+            _save_state(writer / STATE_FILE, epoch, model, optimizer, scheduler, scaler, result)
         if progress_enabled():
             tqdm.write(f"[{desc}] epoch {epoch}/{config.epochs}  loss {stats.mean_loss:.4f}  test acc {result.test_accuracy:.2f}%")
     result.seconds = time.perf_counter() - began
     return result
+
+
+def folder_of(run_dir: str | Path | None, ddp: Distributed | None) -> Path | None:
+    """The run folder this process writes: ``run_dir``, except on the ranks other than 0 (None)."""
+    if run_dir is None or (ddp is not None and not ddp.is_main):
+        return None
+    return Path(run_dir)
+
+
+def _test_accuracy(
+    model: nn.Module, test_data: ImageDataset, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
+    config: TrainConfig, ddp: Distributed | None,
+) -> float:
+    """Top-1 test accuracy (%); in a process group each rank predicts its share and the counts are summed."""
+    shard = test_data if ddp is None else test_data.select(ddp.test_positions(len(test_data)))
+    logits = predict_logits(model, shard, mean, std, device=device, batch_size=config.eval_batch_size,
+                            amp=config.amp, num_workers=config.num_workers, desc="eval")
+    if ddp is None:
+        return accuracy(logits, shard.labels)
+    correct, total = ddp.sum([float((logits.argmax(dim=-1) == shard.labels).sum()), float(len(shard))], device)
+    return 100.0 * correct / max(total, 1.0)
+
+
+def _reduced(stats: _EpochStats, ddp: Distributed, device: torch.device) -> _EpochStats:
+    """``stats`` over every rank's images: sums of losses and counts, maximum gradient norm."""
+    names = sorted(stats.term_sums)
+    loss_sum, seen, *terms = ddp.sum([stats.loss_sum, float(stats.seen), *(float(stats.term_sums[n]) for n in names)], device)
+    return _EpochStats(loss_sum, {n: torch.tensor(t) for n, t in zip(names, terms)}, int(seen), ddp.max(stats.max_grad_norm, device))
 
 
 @dataclass
@@ -237,6 +282,7 @@ class _Step:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     device: torch.device
+    finite: Callable[[Tensor], bool] = lambda loss: bool(torch.isfinite(loss))  # in a process group: on every rank
 
     def epoch(self, batches: Iterable[Batch], result: FitResult) -> _EpochStats:
         """Train on ``batches``; a non-finite loss sets ``result.diverged_step`` and ends the epoch unapplied."""
@@ -251,7 +297,7 @@ class _Step:
             terms = self.objective(logits.float(), inputs, batch, labels)
             loss = torch.stack(list(terms.values())).sum()
             result.steps += 1
-            if not torch.isfinite(loss):
+            if not self.finite(loss):
                 result.diverged_step = result.steps
                 break
             self.optimizer.zero_grad(set_to_none=True)

@@ -15,7 +15,8 @@ from defense import LogitPolicy
 from training.checkpoint import ModelCard
 from training.data import ImageDataset
 from training.devices import resolve_device
-from training.engine import FitResult, TrainConfig, fit, predict_logits
+from training.distributed import current
+from training.engine import FitResult, TrainConfig, fit, folder_of, predict_logits
 from training.io import atomic_write_json
 from training.models import create_model
 from training.objectives import CachedTeacher, LiveTeacher, Objective
@@ -39,11 +40,14 @@ def run_training(
     *, arch: str, objective: Objective, train: ImageDataset, test: ImageDataset, config: TrainConfig, out: str | Path,
     checkpoint_name: str, resume: bool = False, extra: dict[str, Any] | None = None, desc: str = "train",
 ) -> FitResult:
-    """Train a new ``arch`` with ``objective`` into the folder ``out``; returns the run's result."""
+    """Train a new ``arch`` with ``objective`` into the folder ``out``; returns the run's result. Under
+    ``torchrun`` every rank trains, rank 0 writes the folder."""
     folder = Path(out)
     card = card_for(arch, train, {**(extra or {}), **objective.describe()})
     model = build_model(arch, train, config.seed)
     result = fit(model, objective, train, test, config, card=card, run_dir=folder, checkpoint_name=checkpoint_name, resume=resume, desc=desc)
+    if folder_of(folder, current()) is None:  # a rank other than 0 of a torchrun launch
+        return result
     atomic_write_json(folder / RESULT_FILE, {
         "arch": arch, "dataset": train.info.name, "train_images": len(train), "checkpoint": checkpoint_name,
         "objective": objective.describe(), "config": asdict(config), **result.summary(),

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from copy import deepcopy
 from pathlib import Path
 
@@ -23,6 +22,8 @@ from training.engine import TrainConfig, fit
 from training.models import create_model
 from training.objectives import CrossEntropy, Distillation, LiveTeacher, Objective
 from training.runs import card_for, run_training
+
+from .crash import kill_inside_epoch_two
 
 CPU = dict(device="cpu", amp=False)
 
@@ -135,15 +136,7 @@ def test_killed_run_resumes_from_its_last_epoch_and_matches_an_uninterrupted_one
 
     crashed = tmp_path / "crashed"
     process = subprocess.Popen(_train_command(crashed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not (crashed / "state.pt").exists():
-        assert process.poll() is None, "training ended before its first epoch was saved"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    epoch_seconds = json.loads((crashed / "metrics.jsonl").read_text().splitlines()[0])["epoch_seconds"]
-    time.sleep(epoch_seconds / 2)  # well inside epoch 2
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_inside_epoch_two(process, crashed, lambda: os.kill(process.pid, signal.SIGKILL), wait_s=120)
     saved_epochs = [json.loads(line)["epoch"] for line in (crashed / "metrics.jsonl").read_text().splitlines()]
     assert saved_epochs == [1], "killed mid-epoch 2"
     assert not list(crashed.glob(".*.tmp")), "no temporary file survives as a result"
