@@ -1,4 +1,4 @@
-"""requirements.lock pins every dependency (dev extras included) to the exact version installed and tested.
+"""requirements.lock pins every dependency (the dev and ray extras included) to the exact version installed and tested.
 
 scripts/bootstrap.sh installs the lock, then the project with --no-deps; these tests keep the lock, pyproject.toml
 and the environment the suite runs in from drifting apart.
@@ -16,7 +16,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
-REGENERATE = "pip-compile --extra=dev --strip-extras --no-emit-index-url --no-emit-find-links --output-file=requirements.lock pyproject.toml"
+REGENERATE = "pip-compile --extra=dev --extra=ray --strip-extras --no-emit-index-url --no-emit-find-links --output-file=requirements.lock pyproject.toml"
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)$")
 
 
@@ -34,7 +34,7 @@ def _locked() -> dict[str, str]:
 
 def _declared() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return [Requirement(text) for text in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    return [Requirement(text) for text in project["dependencies"] + project["optional-dependencies"]["dev"] + project["optional-dependencies"]["ray"]]
 
 
 def test_every_declared_dependency_is_pinned_within_its_range() -> None:

@@ -20,13 +20,6 @@ from training.reproduction.presets import PRESETS
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bench") / "smoke"
-    assert main(["run", "--preset", "smoke", "--out", str(out)]) == 0
-    return out
-
-
 def _teacher_accuracy_recomputed(out: Path, preset_name: str, teacher: str) -> float:
     """The reproduction teacher's test accuracy, recomputed in-process from its saved checkpoint."""
     preset = PRESETS[preset_name]

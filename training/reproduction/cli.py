@@ -2,6 +2,7 @@
 
     stingy-bench presets
     stingy-bench run --preset fmnist-cpu --out runs/bench/fmnist-cpu
+    stingy-bench run --preset paper-cifar100 --out /shared/bench --executor ray --address auto --gpus-per-run 1
     stingy-bench report runs/bench/fmnist-cpu       (or: stingy-bench report --out runs/bench/fmnist-cpu)
 """
 
@@ -27,7 +28,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     preset = PRESETS[args.preset].scaled(args.max_epochs, args.train_subset, args.test_subset)
-    run_benchmark(preset, args.out, args.data_root, args.download)
+    run_benchmark(preset, args.out, args.data_root, args.download, executor=args.executor, address=args.address,
+                  gpus_per_run=args.gpus_per_run)
     print(f"report: {write_report(args.out)}")
     return 0
 
@@ -46,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, type=Path, help="benchmark folder: results.jsonl, report.md, figures, runs/")
     run.add_argument("--data-root", help="folder holding the preset's dataset")
     run.add_argument("--download", action="store_true", help="download the dataset if it is missing")
+    where = run.add_argument_group("where the runs execute")
+    where.add_argument("--executor", choices=("local", "ray"), default="local",
+                       help="local: one run after another in this process (default); ray: each run a Ray task (pip install '.[ray]')")
+    where.add_argument("--address", help="Ray cluster to join ('auto': the one `ray start` set up here; default: start a local one)")
+    where.add_argument("--gpus-per-run", type=float, default=0, metavar="N", help="GPUs each Ray task reserves (default %(default)s)")
     quick = run.add_argument_group("trying a preset quickly (the results are then not the paper's settings)")
     quick.add_argument("--max-epochs", type=int, help="cap every schedule at this many epochs")
     quick.add_argument("--train-subset", type=int, help="train on this many images")

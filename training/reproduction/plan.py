@@ -69,6 +69,14 @@ class StudentRun:
 Run = TeacherRun | StudentRun
 
 
+def needs(run: Run) -> str | None:
+    """The key of the run of the same plan that ``run`` loads a teacher from (None for a normal teacher and a
+    scratch student): a Nasty Teacher needs its normal teacher, a distilled student its teacher."""
+    if isinstance(run, TeacherRun):
+        return f"teacher/{run.arch}" if run.nasty else None
+    return f"teacher/{run.source.teacher}" if run.source else None
+
+
 def slug(key: str) -> str:
     """A folder name for a run key."""
     return re.sub(r"[^A-Za-z0-9.=,_-]+", "_", key.replace("/", "__"))

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from defense import make_policy
 from training.reproduction.plan import Run, StudentRun, TeacherRun, plan, slug
 from training.reproduction.presets import Preset
+from training.reproduction.ray_executor import run_on_ray
 from training.reproduction.results import PRESET_FILE, RESULTS_FILE, BenchmarkError
 from training.checkpoint import ModelCard, load_checkpoint
 from training.data import load_dataset
@@ -120,21 +121,38 @@ def prepare_folder(preset: Preset, out: Path) -> None:
     atomic_write_json(recorded, document)
 
 
-def run_benchmark(preset: Preset, out: Path, data_root: str | None = None, download: bool = False) -> list[dict[str, Any]]:
-    """Run every unfinished run of ``preset`` into ``out``; returns all results rows."""
+def run_benchmark(
+    preset: Preset, out: Path, data_root: str | None = None, download: bool = False, *, executor: str = "local",
+    address: str | None = None, gpus_per_run: float = 0,
+) -> list[dict[str, Any]]:
+    """Run every unfinished run of ``preset`` into ``out``; returns all results rows. ``executor`` ``local``
+    runs them one after another in this process; ``ray`` submits them as Ray tasks (``address``: the cluster,
+    ``gpus_per_run``: GPUs each task reserves) and raises :class:`BenchmarkError` naming the failed runs
+    after every other run has finished and been recorded."""
     prepare_folder(preset, out)
     results_path = out / RESULTS_FILE
     done = {row["key"] for row in read_json_lines(results_path)}
     runs = plan(preset)
     todo = [run for run in runs if run.key not in done]
     print(f"{preset.name}: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to go -> {out}", flush=True)
-    runner = BenchmarkRunner(preset, out, data_root, download) if todo else None
     began = time.perf_counter()
-    for number, run in enumerate(todo, start=1):
-        assert runner is not None
-        row = {"key": run.key, **runner.execute(run)}
+    finished = 0
+
+    def record(row: dict[str, Any]) -> None:
+        nonlocal finished
+        finished += 1
         append_json_line(results_path, row)
         accuracy_text = "diverged" if row["diverged"] else f"{row['test_accuracy']:.2f}%"
-        print(f"[{number}/{len(todo)}] {run.key}: {accuracy_text} in {row['seconds']:.0f}s "
+        print(f"[{finished}/{len(todo)}] {row['key']}: {accuracy_text} in {row['seconds']:.0f}s "
               f"(elapsed {time.perf_counter() - began:.0f}s)", flush=True)
+
+    if executor == "ray" and todo:
+        failures = run_on_ray(preset, out, todo, data_root, download, address=address, gpus_per_run=gpus_per_run, on_row=record)
+        if failures:
+            lines = "; ".join(f"{key}: {error}" for key, error in failures.items())
+            raise BenchmarkError(f"{len(failures)} of {len(todo)} runs failed (the {finished} others are recorded): {lines}")
+    elif todo:
+        runner = BenchmarkRunner(preset, out, data_root, download)
+        for run in todo:
+            record({"key": run.key, **runner.execute(run)})
     return read_json_lines(results_path)
