@@ -129,7 +129,7 @@ class Service:
             logger.exception("warm-up failed; the server stays not ready")
             return
         # The objects alive now (torch, the model, the app: about 370,000) live as long as the server; the
-        # garbage collector's full passes need not scan them again (0.25 s each here: python -m bench.serving_parts).
+        # garbage collector's full passes need not scan them again (0.2 s each here: python -m bench.serving_parts).
         gc.freeze()
         self.ready = True
         logger.info("ready (warm-up %.2f s): model %r = %s; key auth %s", seconds, self.name, self.runner.describe(),
