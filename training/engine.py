@@ -198,12 +198,13 @@ def fit(
         result.max_grad_norm = max(result.max_grad_norm, stats.max_grad_norm)
         if result.diverged:
             break
+        trained_lr = optimizer.param_groups[0]["lr"]  # the lr this epoch's steps used, before the schedule moves on
         scheduler.step()
         result.test_accuracy = _test_accuracy(model, test_data, mean, std, device, config, ddp)
         result.seconds = time.perf_counter() - began
         record = {
             "epoch": epoch, "train_loss": stats.mean_loss, "loss_terms": stats.mean_terms(), "test_accuracy": result.test_accuracy,
-            "lr": optimizer.param_groups[0]["lr"], "max_grad_norm": stats.max_grad_norm,
+            "lr": trained_lr, "max_grad_norm": stats.max_grad_norm,
             "epoch_seconds": round(time.perf_counter() - epoch_began, 3), "seconds": round(result.seconds, 3),
         }
         result.history.append(record)

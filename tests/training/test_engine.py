@@ -171,3 +171,11 @@ def test_a_gpu_this_machine_lacks_is_refused() -> None:
         resolve_device(f"cuda:{count}")
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if count else "cpu")
+
+
+def test_history_records_the_lr_each_epoch_trained_with(synthetic: tuple) -> None:
+    """The schedule divides lr by 5 after epoch 1 (milestone 1): epoch 1 trained at 0.05, epoch 2 at 0.01."""
+    train, test = synthetic
+    config = TrainConfig(epochs=2, batch_size=200, lr=0.05, milestones=(1,), gamma=0.2, augment=False, **CPU)
+    result = fit(create_model("mlp", 10, 1, 28), CrossEntropy(), train, test, config)
+    assert [r["lr"] for r in result.history] == pytest.approx([0.05, 0.01])
