@@ -36,7 +36,7 @@ def test_no_difference_is_reported_against_a_baseline_near_chance(tmp_path: Path
     assert warning.startswith("the scratch `mlp` student reached only 15.74% (chance is 10.00% for 10 classes")
     assert "--max-epochs" in warning and "--train-subset" in warning
     table = comparison_table(results, "cnn_small")
-    assert "| Student baseline | - | 15.74 (near chance) | 86.74 | - |" in table
+    assert "| Student baseline | - | 15.74 (near chance) | 86.74 | 90.94 |" in table
     mlp_cells = [line.split(" | ")[2] for line in table.splitlines()[2:]]
     assert all("(" not in cell or cell == "15.74 (near chance)" for cell in mlp_cells), mlp_cells  # accuracies, no deltas
     assert "mlp: not measured (scratch baseline near chance)" in " ".join(findings(results))
@@ -53,3 +53,14 @@ def test_report_takes_the_folder_either_way(tmp_path: Path, capsys) -> None:  # 
     assert main(["report", "--out", str(tmp_path)]) == 0 and (tmp_path / "report.md").is_file()
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "is not a benchmark folder" in capsys.readouterr().err
+
+
+def test_self_kd_deltas_are_against_the_scratch_student_everywhere(tmp_path: Path) -> None:
+    """Self-KD (cnn_small from cnn_small): table, findings and stability table all measure against the scratch
+    cnn_small student (90.94%), never against the teacher."""
+    results = _recorded(tmp_path)
+    table = comparison_table(results, "cnn_small")
+    stingy_row = next(line for line in table.splitlines() if line.startswith("| cnn_small (stingy) |"))
+    assert stingy_row.rstrip(" |").endswith("85.85 (**-5.09**)")
+    assert "self: -5.09" in " ".join(findings(results))
+    assert "| 85.85 | -5.09 |" in stability_table(results)

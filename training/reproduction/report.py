@@ -35,21 +35,23 @@ def _cell(row: dict[str, Any] | None, reference: float | None) -> str:
 
 
 def comparison_table(results: Results, teacher: str) -> str:
-    """Tables 1-4 layout: teacher accuracy and student accuracy after KD, deltas against the baselines."""
+    """Tables 1-4 layout: teacher accuracy (delta against the normal teacher) and student accuracy after KD,
+    delta against the scratch student of the same architecture (self-KD included)."""
     students = results.preset["students"]
     header = ["Teacher network", "Teacher accuracy", *[("Teacher self" if s == "self" else s) for s in students]]
     normal_teacher = results.teacher(teacher)
     normal_accuracy = normal_teacher["accuracy"]["normal"] if normal_teacher else None
 
-    def baseline(student: str) -> float | None:
-        return normal_accuracy if student == "self" else results.baseline(student)
+    def baseline(student: str) -> float | None:  # self-KD too: the scratch student of the same architecture
+        return results.baseline(student_arch(student, teacher))
 
     def scratch_cell(student: str) -> str:
-        value = accuracy_of(results.scratch(student))
-        return _fmt(value) + (" (near chance)" if value is not None and results.baseline(student) is None else "")
+        arch = student_arch(student, teacher)
+        value = accuracy_of(results.scratch(arch))
+        return _fmt(value) + (" (near chance)" if value is not None and results.baseline(arch) is None else "")
 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines.append("| Student baseline | - | " + " | ".join("-" if s == "self" else scratch_cell(s) for s in students) + " |")
+    lines.append("| Student baseline | - | " + " | ".join(scratch_cell(s) for s in students) + " |")
     kinds: list[tuple[str, str, dict[str, Any], float | None]] = [("normal", teacher, NORMAL, normal_accuracy)]
     nasty = results.teacher(f"{teacher}-nasty")
     if nasty:
@@ -195,7 +197,8 @@ def write_report(folder: Path) -> Path:
         f"{preset['student_config']['epochs']} epochs, lr {preset['student_config']['lr']:g}, augmentation {'on' if preset['student_config']['augment'] else 'off'}"
         + (f"; train subset {preset['train_subset']}" if preset.get("train_subset") else "") + ".",
         "", "Cells: student test accuracy (%), in brackets the difference to the student trained from scratch "
-        "(for *Teacher self*, to the normal teacher); differences below -5 points in bold.", "",
+        "of the same architecture (for *Teacher self* too: the scratch student of the teacher's architecture, as in "
+        "the findings and the stability table); differences below -5 points in bold.", "",
     ]
     warnings = baseline_warnings(results)
     if warnings:
