@@ -64,3 +64,15 @@ def test_self_kd_deltas_are_against_the_scratch_student_everywhere(tmp_path: Pat
     assert stingy_row.rstrip(" |").endswith("85.85 (**-5.09**)")
     assert "self: -5.09" in " ".join(findings(results))
     assert "| 85.85 | -5.09 |" in stability_table(results)
+
+
+def test_least_keeping_one_class_is_the_stingy_point(tmp_path: Path) -> None:
+    """With K = 10, least at r = 0.1 keeps N = 1 (the top-1 logit), as stingy at r = 0.1 does: one row, looked up as
+    the stingy run; least at r = 0.2 (N = 2) stays its own point."""
+    results = _recorded(tmp_path)
+    least, stingy = {"name": "least", "sparse_ratio": 0.1}, {"name": "stingy", "sparse_ratio": 0.1}
+    assert not [row for row in results.rows if row.get("policy") == least]
+    for clip in (None, 5.0):
+        assert results.kd("cnn_small", "mlp", least, 20.0, clip) is results.kd("cnn_small", "mlp", stingy, 20.0, clip) is not None
+    two = {"name": "least", "sparse_ratio": 0.2}
+    assert results.kd("cnn_small", "mlp", two, 20.0, 5.0)["policy"] == two

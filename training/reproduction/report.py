@@ -198,7 +198,8 @@ def write_report(folder: Path) -> Path:
         + (f"; train subset {preset['train_subset']}" if preset.get("train_subset") else "") + ".",
         "", "Cells: student test accuracy (%), in brackets the difference to the student trained from scratch "
         "of the same architecture (for *Teacher self* too: the scratch student of the teacher's architecture, as in "
-        "the findings and the stability table); differences below -5 points in bold.", "",
+        "the findings and the stability table); differences below -5 points in bold. A `least` run keeping N = 1 class "
+        "releases the same top-1 logit as `stingy` at that ratio: it is one point, the stingy run's, in every table and figure.", "",
     ]
     warnings = baseline_warnings(results)
     if warnings:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from defense import make_policy
 from training.baseline import accuracy_of, baseline_learned
 from training.io import read_json_lines
 
@@ -20,7 +21,9 @@ class BenchmarkError(Exception):
 
 @dataclass(frozen=True)
 class Results:
-    """The preset document and every finished run of one benchmark folder."""
+    """The preset document and every finished run of one benchmark folder, one row per distinct policy: a
+    ``least`` run that keeps N = 1 class releases exactly what ``stingy`` at the same ratio releases (the top-1
+    logit), so it is dropped and looked up as that stingy run (:meth:`same_policy`): one point, not two."""
 
     preset: dict[str, Any]
     rows: list[dict[str, Any]]
@@ -29,7 +32,19 @@ class Results:
     def load(cls, folder: Path) -> Results:
         if not (folder / PRESET_FILE).is_file():
             raise BenchmarkError(f"{folder} is not a benchmark folder (no {PRESET_FILE}); run `stingy-bench run` first")
-        return cls(json.loads((folder / PRESET_FILE).read_text()), read_json_lines(folder / RESULTS_FILE))
+        rows = read_json_lines(folder / RESULTS_FILE)
+        loaded = cls(json.loads((folder / PRESET_FILE).read_text()), rows)
+        distinct = [r for r in rows if not r.get("policy") or loaded.same_policy(r["policy"]) == r["policy"]]
+        return cls(loaded.preset, distinct)
+
+    def same_policy(self, policy: dict[str, Any]) -> dict[str, Any]:
+        """``policy``, or the stingy policy that releases the same logits: ``least`` keeping N = 1 of K classes
+        (``N = max(1, round(r K))``) is stingy at that ratio. K is known once a teacher finished."""
+        classes = self.num_classes
+        params = {k: v for k, v in policy.items() if k != "name"}
+        if policy.get("name") == "least" and classes is not None and make_policy("least", **params).keep_count(classes) == 1:
+            return {**policy, "name": "stingy"}
+        return policy
 
     def teacher(self, name: str) -> dict[str, Any] | None:
         return next((r for r in self.rows if r["type"] == "teacher" and r["teacher"] == name), None)
@@ -50,7 +65,8 @@ class Results:
         return accuracy if classes is None or baseline_learned(accuracy, classes) else None
 
     def kd(self, teacher: str, student: str, policy: dict[str, Any], tau: float, clip: float | None = None) -> dict[str, Any] | None:
-        """The distillation run with exactly these settings (``alpha`` is the preset's)."""
+        """The distillation run with exactly these settings (``alpha`` is the preset's; ``policy`` as :meth:`same_policy`)."""
+        policy = self.same_policy(policy)
         for row in self.rows:
             if (row["type"] == "student" and row["teacher"] == teacher and row["student"] == student and row["policy"] == policy
                     and row["tau"] == tau and row["grad_clip"] == clip):
