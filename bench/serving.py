@@ -44,6 +44,9 @@ from bench.ceiling import Ceiling, measure_ceiling, random_checkpoint
 from bench.loadgen import FORMATS, LoadGeneratorMissing, make_body, pinned, process_cpu_seconds, require_hey, run_hey
 
 MODELS = {"cnn": (1, 28, 10), "resnetc20": (3, 32, 10), "resnet18": (3, 32, 100)}  # channels, image size, classes
+# Issue 11's share of the batch-32 ceiling that 64 concurrent one-image clients must reach, per model
+# (resnet18's is stated for a CUDA server: scripts/gpu_check.sh measures it there).
+ONE_IMAGE_TARGETS = {"cnn": 0.5, "resnetc20": 0.9, "resnet18": 0.8}
 CEILING_BATCHES = (1, 32, 256)
 POLICY_BATCH = 32
 
@@ -175,16 +178,14 @@ def targets(model: str, ceiling: Ceiling, rows: list[Row]) -> list[dict[str, obj
 
     for fmt in FORMATS:
         one = row(fmt, 1, 64)
-        if one is not None and model == "cnn":
-            found.append({"target": "cnn, 64 one-image clients: API >= 0.5 of the batch-32 ceiling", "format": fmt,
+        if one is not None and model in ONE_IMAGE_TARGETS:
+            share = ONE_IMAGE_TARGETS[model]
+            found.append({"target": f"{model}, 64 one-image clients: API >= {share} of the batch-32 ceiling", "format": fmt,
                           "value": round(one.api_over_ceiling, 3), "per_cpu_second": round(one.cpu_over_ceiling, 3),
-                          "met": one.api_over_ceiling >= 0.5})
+                          "met": one.api_over_ceiling >= share})
+        if one is not None and model == "cnn":
             tail = one.p99_ms / one.p50_ms
             found.append({"target": "cnn, 64 one-image clients: p99 <= 4 x p50", "format": fmt, "value": round(tail, 2), "met": tail <= 4})
-        if one is not None and model == "resnetc20":
-            found.append({"target": "resnetc20, 64 one-image clients: API >= 0.9 of the batch-32 ceiling", "format": fmt,
-                          "value": round(one.api_over_ceiling, 3), "per_cpu_second": round(one.cpu_over_ceiling, 3),
-                          "met": one.api_over_ceiling >= 0.9})
         bulk = row(fmt, 256, None)
         if bulk is not None and model == "cnn":
             found.append({"target": f"cnn, 256-image requests (best: {bulk.clients} clients): API >= 0.9 of the batch-256 ceiling",

@@ -19,8 +19,10 @@ cd "$ROOT"
 
 # check NAME LIMIT_S COMMAND...: run COMMAND with at most LIMIT_S seconds (less if the budget is nearly
 # spent), its output in LOG_DIR/NAME.log, its tail on the screen, its status and time in summary.txt.
+CHECKS="${CHECKS:-environment cuda_tests teacher train_speed serving serving_workers suite}"
 check() {
   local name=$1 limit=$2; shift 2
+  case " $CHECKS " in *" $name "*) ;; *) return ;; esac
   local left=$((BUDGET_S - SECONDS - 5)) began=$SECONDS status
   [ "$left" -lt "$limit" ] && limit=$left
   if [ "$limit" -le 10 ]; then
@@ -43,6 +45,8 @@ cp "$TEACHER_DIR/metrics.jsonl" "$LOG_DIR/teacher_metrics.jsonl" 2>/dev/null
 check train_speed 180 "$PYTHON" -m bench.train_speed --archs mlp lenet5 cnn_small resnetc20 resnet18 mobilenetv2 --batch-size 256 --steps 30
 check serving 300 "$PYTHON" -m bench.serving --device cuda --models resnet18 --formats v2-json v2-binary \
     --clients 1 8 32 64 128 --duration 3 --out "$LOG_DIR/serving"   # needs hey (apt-get install hey)
+check serving_workers 120 "$PYTHON" -m bench.serving --device cuda --models resnet18 --formats v2-binary v2-json \
+    --images 1 --clients 64 128 --duration 3 --server-arg=--workers --server-arg=4 --out "$LOG_DIR/serving_workers"
 check suite 900 "$PYTHON" -m pytest -q -p no:cacheprovider
 echo "==> summary ($LOG_DIR)"
 cat "$LOG_DIR/summary.txt"

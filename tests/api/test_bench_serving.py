@@ -44,3 +44,36 @@ def test_profile_summary_counts_each_function_once_per_sample_inclusive_and_at_t
     assert total == 4
     assert inclusive == {"main (app/cli.py)": 4, "serve (uvicorn/server.py)": 3, "decode (app/codecs.py)": 3}
     assert own == {"decode (app/codecs.py)": 3, "main (app/cli.py)": 1}
+
+
+@pytest.mark.parametrize(("model", "share"), sorted(serving.ONE_IMAGE_TARGETS.items()))
+def test_the_64_client_target_of_each_model_is_judged_against_its_own_share(model: str, share: float) -> None:
+    ceiling = serving.Ceiling({32: 1000.0, 256: 2000.0}, {32: 500.0, 256: 1000.0}, 32, 10.0, 0.1)
+
+    def judged(api_over_ceiling: float) -> bool:
+        row = serving.Row(model, "v2-binary", 1, 64, 100, 100, 0, 1000 * api_over_ceiling, 5.0, 10.0, 8.0, 1.0, 0.5,
+                          api_over_ceiling, api_over_ceiling)
+        [target] = [t for t in serving.targets(model, ceiling, [row]) if "64 one-image clients: API" in str(t["target"])]
+        assert f">= {share} " in str(target["target"])
+        return bool(target["met"])
+
+    assert judged(share) and not judged(share - 0.01)
+
+
+def test_server_cpu_counts_the_processes_below_the_server_too() -> None:
+    """``stingy-serve --workers N`` serves from child processes: their CPU time is the server's."""
+    import subprocess
+    import sys
+    import time
+
+    from bench.loadgen import process_cpu_seconds
+
+    busy = "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass\nimport sys; sys.stdin.read()"
+    parent = subprocess.Popen(["bash", "-c", f"{sys.executable} -c '{busy}'"], stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while process_cpu_seconds(parent.pid) < 0.5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert process_cpu_seconds(parent.pid) >= 0.5
+    finally:
+        parent.communicate(b"", timeout=30)
