@@ -87,3 +87,21 @@ def test_nasty_loss_matches_the_direct_formula() -> None:
     kl = (p * (torch.log(p) - torch.log_softmax(adversary / tau, -1))).sum(-1).mean()
     expected = F.cross_entropy(model, labels) - omega * tau**2 * kl
     torch.testing.assert_close(nasty_loss(model, adversary, labels, tau, omega), expected)
+
+
+def test_nasty_loss_is_ma_et_al_released_code_and_descends_away_from_the_adversary() -> None:
+    """train_nasty.py of VITA-Group/Nasty-Teacher: ``adv = KLDivLoss(batchmean)(log_softmax(adversary / T),
+    softmax(model / T)) * T^2`` and ``loss = CE - weight * adv``; gradient descent on it raises that KL."""
+    gen = torch.Generator().manual_seed(3)
+    model, adversary = torch.randn(5, 10, generator=gen, requires_grad=True), torch.randn(5, 10, generator=gen)
+    labels = torch.randint(0, 10, (5,), generator=gen)
+    tau, omega = 4.0, 0.04
+
+    def released(logits: torch.Tensor) -> torch.Tensor:
+        return F.kl_div(F.log_softmax(adversary / tau, -1), F.softmax(logits / tau, -1), reduction="batchmean") * tau**2
+
+    terms = nasty_loss_terms(model, adversary, labels, tau, omega)
+    torch.testing.assert_close(terms["adversarial"], -omega * released(model))
+    terms["adversarial"].backward()
+    with torch.no_grad():
+        assert released(model - 1.0 * model.grad) > released(model)

@@ -18,15 +18,19 @@ from training.engine import TrainConfig
 @dataclass(frozen=True)
 class TeacherRun:
     """A teacher trained on labels, or (``nasty`` given) a Nasty Teacher trained against the normal teacher
-    of the same architecture."""
+    of the same architecture. ``variant`` tells apart several Nasty Teachers of one folder (a search's grid
+    points): ``cnn_small-nasty(omega=0.1,tau=4)``."""
 
     arch: str
     config: TrainConfig
     nasty: NastySettings | None = None
+    variant: str | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.arch}-nasty" if self.nasty else self.arch
+        if not self.nasty:
+            return self.arch
+        return f"{self.arch}-nasty" + (f"({self.variant})" if self.variant else "")
 
     @property
     def key(self) -> str:
@@ -87,6 +91,18 @@ def policy_items(name: str, **params: Any) -> tuple[tuple[str, Any], ...]:
     return tuple(make_policy(name, **params).config().items())
 
 
+def nasty_teacher(preset: Preset, arch: str, settings: NastySettings, variant: str | None = None) -> TeacherRun:
+    """A Nasty Teacher of ``arch`` trained with ``settings``, on their own schedule if they have one, else the
+    preset's teacher schedule."""
+    return TeacherRun(arch, settings.config or preset.teacher_config, settings, variant)
+
+
+def distil(preset: Preset, teacher: str, arch: str, policy: tuple[tuple[str, Any], ...], tau: float,
+           clip: float | None = None) -> StudentRun:
+    """An ``arch`` student distilled from teacher run ``teacher`` with the preset's student schedule and alpha."""
+    return StudentRun(arch, preset.student_config, DistillFrom(teacher, policy, tau, preset.alpha), clip)
+
+
 def plan(preset: Preset) -> list[Run]:
     """Every run of ``preset``: teachers, nasty teachers, scratch baselines, then distillation runs."""
     runs: dict[str, Run] = {}
@@ -97,7 +113,7 @@ def plan(preset: Preset) -> list[Run]:
     def kd(teacher: str, arch: str, policy: tuple[tuple[str, Any], ...], tau: float) -> None:
         """The paper's attacker, and (with ``clip_norm``) its twin that keeps training stable by clipping."""
         for clip in (None, preset.clip_norm) if preset.clip_norm else (None,):
-            add(StudentRun(arch, preset.student_config, DistillFrom(teacher, policy, tau, preset.alpha), clip))
+            add(distil(preset, teacher, arch, policy, tau, clip))
 
     stingy = policy_items("stingy", sparse_ratio=preset.sparse_ratio)
     normal = policy_items("normal")
@@ -105,7 +121,7 @@ def plan(preset: Preset) -> list[Run]:
         add(TeacherRun(arch, preset.teacher_config))
     if preset.nasty:
         for arch in preset.teachers:
-            add(TeacherRun(arch, preset.nasty.config or preset.teacher_config, preset.nasty))
+            add(nasty_teacher(preset, arch, preset.nasty))
     for arch in preset.teachers:
         for student in preset.students:
             add(StudentRun(student_arch(student, arch), preset.student_config))

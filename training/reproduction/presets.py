@@ -63,6 +63,18 @@ class Preset:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def with_nasty(self, omega: float | None = None, tau: float | None = None) -> Preset:
+        """This preset with its Nasty Teacher's ``omega`` and/or ``tau_A`` replaced (``stingy-bench run
+        --nasty-omega/--nasty-tau/--nasty-from``); a preset without one gets one when both are given."""
+        if omega is None and tau is None:
+            return self
+        if self.nasty is None:
+            if omega is None or tau is None:
+                raise ValueError(f"preset {self.name} has no Nasty Teacher: give both its omega and its tau_A")
+            return replace(self, nasty=NastySettings(tau=tau, omega=omega))
+        return replace(self, nasty=replace(self.nasty, omega=self.nasty.omega if omega is None else omega,
+                                           tau=self.nasty.tau if tau is None else tau))
+
     def scaled(self, max_epochs: int | None = None, train_subset: int | None = None, test_subset: int | None = None) -> Preset:
         """A quicker variant for trying a preset: every schedule capped at ``max_epochs``, fewer images."""
         def cap(config: TrainConfig) -> TrainConfig:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -123,16 +124,17 @@ def prepare_folder(preset: Preset, out: Path) -> None:
 
 def run_benchmark(
     preset: Preset, out: Path, data_root: str | None = None, download: bool = False, *, executor: str = "local",
-    address: str | None = None, gpus_per_run: float = 0,
+    address: str | None = None, gpus_per_run: float = 0, runs: Sequence[Run] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every unfinished run of ``preset`` into ``out``; returns all results rows. ``executor`` ``local``
+    """Run every unfinished run of ``preset`` (or of ``runs``, in dependency order: another grid over the
+    preset's settings, as the Nasty Teacher search's) into ``out``; returns all results rows. ``executor`` ``local``
     runs them one after another in this process; ``ray`` submits them as Ray tasks (``address``: the cluster,
     ``gpus_per_run``: GPUs each task reserves) and raises :class:`BenchmarkError` naming the failed runs
     after every other run has finished and been recorded."""
     prepare_folder(preset, out)
     results_path = out / RESULTS_FILE
     done = {row["key"] for row in read_json_lines(results_path)}
-    runs = plan(preset)
+    runs = plan(preset) if runs is None else runs
     todo = [run for run in runs if run.key not in done]
     print(f"{preset.name}: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to go -> {out}", flush=True)
     began = time.perf_counter()
