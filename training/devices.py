@@ -3,8 +3,10 @@ mixed-precision context for it, and image batches moved onto it in the layout it
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,6 +37,17 @@ def resolve_device(name: str = "auto") -> torch.device:
         if device.index is not None and device.index >= available:
             raise DeviceError(f"device {name!r} was asked for but this machine has {available} CUDA GPU(s): cuda:0 to cuda:{available - 1}")
     return device
+
+
+def device_name(device: torch.device) -> str:
+    """What ``device`` is, for telling results of different machines apart: the GPU's name for CUDA, the CPU
+    model (``model name`` of ``/proc/cpuinfo``, else :func:`platform.processor`, else the architecture)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+    return model or platform.processor() or platform.machine()
 
 
 def autocast_for(device: torch.device, enabled: bool) -> tuple[Callable[[], Any], torch.dtype | None]:

@@ -1,4 +1,4 @@
-"""The smoke preset run once by the local executor, shared by the run and Ray tests."""
+"""The smoke preset run once by the local executor, shared by the run, ``--jobs`` and Ray tests."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import ray
 
+from tests.reproduction.broken import with_a_broken_nasty_teacher
 from training.io import read_json_lines
 from training.reproduction.cli import main
 from training.reproduction.plan import plan, slug
@@ -68,14 +69,8 @@ def test_a_grid_half_done_locally_finishes_on_ray(smoke_run: Path, local_ray: No
 def test_failed_runs_are_reported_and_the_finished_ones_kept(smoke_run: Path, local_ray: None, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "broken"
-    shutil.copytree(smoke_run, out)
-    rows = read_json_lines(out / "results.jsonl")
-    redo = [row["key"] for row in rows if row["key"].startswith("kd/lenet5-nasty/") or row["key"] == "scratch/mlp"]
-    (out / "results.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows if row["key"] not in redo))
-    for key in redo:
-        shutil.rmtree(out / "runs" / slug(key))
-    (out / "runs" / slug("teacher/lenet5-nasty") / "teacher.safetensors").write_bytes(b"not a checkpoint")
+    kept, redo = with_a_broken_nasty_teacher(smoke_run, out)
     assert main(["run", "--preset", "smoke", "--out", str(out), "--executor", "ray"]) == 2
     err = capsys.readouterr().err
     assert f"{len(redo) - 1} of {len(redo)} runs failed (the 1 others are recorded)" in err and "Traceback" not in err
-    assert set(_rows(out)) == {row["key"] for row in rows if row["key"] not in redo} | {"scratch/mlp"}
+    assert set(_rows(out)) == kept | {"scratch/mlp"}

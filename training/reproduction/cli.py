@@ -2,6 +2,7 @@
 
     stingy-bench presets
     stingy-bench run --preset fmnist-cpu --out runs/bench/fmnist-cpu
+    stingy-bench run --preset fmnist-cpu --out runs/bench/fmnist-gpu --jobs 12 --device cuda --no-amp
     stingy-bench run --preset paper-cifar100 --out /shared/bench --executor ray --address auto --gpus-per-run 1
     stingy-bench report runs/bench/fmnist-cpu       (or: stingy-bench report --out runs/bench/fmnist-cpu)
     stingy-bench nasty-search --preset fmnist-cpu --omega 0.04 0.1 --tau 4 20 --students mlp lenet5 --out runs/nasty
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from training.console import EXIT_USAGE, ErrorExit, UsageError, add_folder_argument, folder_argument, run_command
+from training.devices import resolve_device
 from training.models import list_models
 from training.reproduction.nasty_pick import load_pick
 from training.reproduction.nasty_search import PICK_FILE, SEARCH_REPORT, Search, grid, run_search
@@ -33,13 +35,20 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def _preset(args: argparse.Namespace) -> Preset:
-    """The chosen preset, scaled by the quick-try options."""
-    return PRESETS[args.preset].scaled(args.max_epochs, args.train_subset, args.test_subset)
+    """The chosen preset, scaled by the quick-try options, its schedules pinned by ``--device`` / ``--amp``
+    (a device this machine lacks fails now, before any run starts)."""
+    if args.device is not None:
+        resolve_device(args.device)
+    return PRESETS[args.preset].scaled(args.max_epochs, args.train_subset, args.test_subset).pinned(args.device, args.amp)
 
 
 def _executor(args: argparse.Namespace) -> dict[str, Any]:
     """The options of :func:`run_benchmark` that say where the runs execute."""
-    return {"executor": args.executor, "address": args.address, "gpus_per_run": args.gpus_per_run}
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, not {args.jobs}")
+    if args.jobs > 1 and args.executor == "ray":
+        raise UsageError("--jobs is for the local executor; Ray runs as many tasks at once as the cluster has CPUs")
+    return {"executor": args.executor, "address": args.address, "gpus_per_run": args.gpus_per_run, "jobs": args.jobs}
 
 
 def _nasty_override(args: argparse.Namespace, preset: Preset) -> Preset:
@@ -125,9 +134,16 @@ def _add_run_options(parser: argparse.ArgumentParser, out_help: str) -> None:
     parser.add_argument("--download", action="store_true", help="download the dataset if it is missing")
     where = parser.add_argument_group("where the runs execute")
     where.add_argument("--executor", choices=("local", "ray"), default="local",
-                       help="local: one run after another in this process (default); ray: each run a Ray task (pip install '.[ray]')")
+                       help="local: runs in this process, or in --jobs worker processes (default); ray: each run a Ray task (pip install '.[ray]')")
     where.add_argument("--address", help="Ray cluster to join ('auto': the one `ray start` set up here; default: start a local one)")
     where.add_argument("--gpus-per-run", type=float, default=0, metavar="N", help="GPUs each Ray task reserves (default %(default)s)")
+    where.add_argument("--jobs", type=int, default=1, metavar="N",
+                       help="local executor: run up to N runs at once in N worker processes (default 1: one after another "
+                            "in this process); each uses CPUs/N torch threads unless OMP_NUM_THREADS is set")
+    where.add_argument("--device", help="train every run on this device (auto, cpu, cuda, cuda:1, ...) instead of the preset's; "
+                                        "recorded in preset.json")
+    where.add_argument("--amp", action=argparse.BooleanOptionalAction,
+                       help="mixed precision on CUDA on (--amp) or off (--no-amp) for every run instead of the preset's; recorded in preset.json")
     quick = parser.add_argument_group("trying a preset quickly (the results are then not the paper's settings)")
     quick.add_argument("--max-epochs", type=int, help="cap every schedule at this many epochs")
     quick.add_argument("--train-subset", type=int, help="train on this many images")

@@ -8,6 +8,7 @@ to run: the comparison tables (Tables 1-4), the sparse-ratio sweep (Fig. 2) with
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -80,11 +81,19 @@ class Preset:
         def cap(config: TrainConfig) -> TrainConfig:
             return replace(config, epochs=min(config.epochs, max_epochs)) if max_epochs else config
 
-        nasty = replace(self.nasty, config=cap(self.nasty.config)) if self.nasty and self.nasty.config else self.nasty
-        return replace(
-            self, teacher_config=cap(self.teacher_config), student_config=cap(self.student_config), nasty=nasty,
-            train_subset=train_subset or self.train_subset, test_subset=test_subset or self.test_subset,
-        )
+        return self._every_schedule(cap, train_subset=train_subset or self.train_subset, test_subset=test_subset or self.test_subset)
+
+    def pinned(self, device: str | None = None, amp: bool | None = None) -> Preset:
+        """This preset with every schedule on ``device`` and with mixed precision ``amp`` (None: the preset's own)."""
+        def pin(config: TrainConfig) -> TrainConfig:
+            return replace(config, device=config.device if device is None else device, amp=config.amp if amp is None else amp)
+
+        return self._every_schedule(pin)
+
+    def _every_schedule(self, change: Callable[[TrainConfig], TrainConfig], **fields: Any) -> Preset:
+        """This preset with ``change`` applied to the teachers', students' and nasty teachers' schedules, and ``fields`` set."""
+        nasty = replace(self.nasty, config=change(self.nasty.config)) if self.nasty and self.nasty.config else self.nasty
+        return replace(self, teacher_config=change(self.teacher_config), student_config=change(self.student_config), nasty=nasty, **fields)
 
 
 # The paper, Sec. 4.1: SGD (0.9, 5e-4), 200 epochs, lr 0.1 divided by 5 at 60/120/160; tau 20, alpha 0.9.

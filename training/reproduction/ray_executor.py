@@ -21,7 +21,7 @@ def _execute(preset: Preset, out: Path, run: Run, data_root: str | None, downloa
     """One run in a Ray worker (``teachers``: the rows of the runs it needs, passed only to order the tasks)."""
     from training.reproduction.runner import BenchmarkRunner
 
-    return {"key": run.key, **BenchmarkRunner(preset, out, data_root, download).execute(run)}
+    return BenchmarkRunner(preset, out, data_root, download).execute(run)
 
 
 def run_on_ray(

@@ -10,16 +10,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from defense import make_policy
 from training.reproduction.plan import Run, StudentRun, TeacherRun, plan, slug
 from training.reproduction.presets import Preset
+from training.reproduction.pool import run_in_pool
 from training.reproduction.ray_executor import run_on_ray
 from training.reproduction.results import PRESET_FILE, RESULTS_FILE, BenchmarkError
 from training.checkpoint import ModelCard, load_checkpoint
-from training.data import load_dataset
-from training.devices import resolve_device
+from training.data import ImageDataset, load_dataset
+from training.devices import device_name, resolve_device
 from training.engine import FitResult, TrainConfig, accuracy, predict_logits
 from training.io import append_json_line, atomic_write_json, read_json_lines
 from training.objectives import CachedTeacher, CrossEntropy, Distillation, LiveTeacher, NastyTraining, Objective
@@ -33,10 +35,7 @@ class BenchmarkRunner:
 
     def __init__(self, preset: Preset, out: Path, data_root: str | None = None, download: bool = False) -> None:
         self.preset, self.out = preset, out
-        train = load_dataset(preset.dataset, "train", data_root, download=download, **preset.data_options)
-        test = load_dataset(preset.dataset, "test", data_root, download=download, **preset.data_options)
-        self.train = train.first(preset.train_subset) if preset.train_subset else train
-        self.test = test.first(preset.test_subset) if preset.test_subset else test
+        self.train, self.test = load_splits(preset, data_root, download)
         self._teachers: dict[str, tuple[nn.Module, ModelCard]] = {}
         self._train_logits: dict[str, Tensor] = {}
 
@@ -44,10 +43,10 @@ class BenchmarkRunner:
         return self.out / "runs" / slug(run.key)
 
     def execute(self, run: Run) -> dict[str, Any]:
-        """Train ``run`` (resuming its folder) and return its results row."""
-        if isinstance(run, TeacherRun):
-            return self._teacher(run)
-        return self._student(run)
+        """Train ``run`` (resuming its folder) and return its results row: its key, its results and the
+        machine it ran on. Every executor (one after another, ``--jobs``, Ray) runs a run through this."""
+        fields = self._teacher(run) if isinstance(run, TeacherRun) else self._student(run)
+        return {"key": run.key, **fields, "machine": machine(resolve_device(run.config.device))}
 
     def _teacher(self, run: TeacherRun) -> dict[str, Any]:
         objective: Objective = CrossEntropy()
@@ -102,9 +101,23 @@ class BenchmarkRunner:
         return self._train_logits[name]
 
 
+def load_splits(preset: Preset, data_root: str | None = None, download: bool = False) -> tuple[ImageDataset, ImageDataset]:
+    """The preset's training and test images (their subsets when the preset has them); ``download`` fetches
+    a missing dataset. Raises the dataset errors of :mod:`training.data` (one line each)."""
+    train = load_dataset(preset.dataset, "train", data_root, download=download, **preset.data_options)
+    test = load_dataset(preset.dataset, "test", data_root, download=download, **preset.data_options)
+    return (train.first(preset.train_subset) if preset.train_subset else train,
+            test.first(preset.test_subset) if preset.test_subset else test)
+
+
 def _result_fields(result: FitResult) -> dict[str, Any]:
     keep = ("epoch", "train_loss", "loss_terms", "test_accuracy", "max_grad_norm", "lr")
     return {**result.summary(), "history": [{k: h[k] for k in keep} for h in result.history]}
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """Where a run trained, recorded in its row: torch's version, the device and its name, torch's CPU threads."""
+    return {"torch": torch.__version__, "device": str(device), "device_name": device_name(device), "threads": torch.get_num_threads()}
 
 
 def prepare_folder(preset: Preset, out: Path) -> None:
@@ -124,13 +137,15 @@ def prepare_folder(preset: Preset, out: Path) -> None:
 
 def run_benchmark(
     preset: Preset, out: Path, data_root: str | None = None, download: bool = False, *, executor: str = "local",
-    address: str | None = None, gpus_per_run: float = 0, runs: Sequence[Run] | None = None,
+    address: str | None = None, gpus_per_run: float = 0, jobs: int = 1, runs: Sequence[Run] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every unfinished run of ``preset`` (or of ``runs``, in dependency order: another grid over the
-    preset's settings, as the Nasty Teacher search's) into ``out``; returns all results rows. ``executor`` ``local``
-    runs them one after another in this process; ``ray`` submits them as Ray tasks (``address``: the cluster,
-    ``gpus_per_run``: GPUs each task reserves) and raises :class:`BenchmarkError` naming the failed runs
-    after every other run has finished and been recorded."""
+    preset's settings, as the Nasty Teacher search's) into ``out``; returns all results rows. ``executor``
+    ``local`` runs them in this process one after another (``jobs`` 1), or in ``jobs`` worker processes at
+    once; ``ray`` submits them as Ray tasks (``address``: the cluster, ``gpus_per_run``: GPUs each task
+    reserves). This process alone appends to ``results.jsonl``, one row per finished run as it finishes.
+    With several workers or Ray, a failed run does not stop the others: :class:`BenchmarkError` names the
+    failed runs after every other run has finished and been recorded (one after another, the first failure stops)."""
     prepare_folder(preset, out)
     results_path = out / RESULTS_FILE
     done = {row["key"] for row in read_json_lines(results_path)}
@@ -148,13 +163,17 @@ def run_benchmark(
         print(f"[{finished}/{len(todo)}] {row['key']}: {accuracy_text} in {row['seconds']:.0f}s "
               f"(elapsed {time.perf_counter() - began:.0f}s)", flush=True)
 
+    failures: dict[str, str] = {}
     if executor == "ray" and todo:
         failures = run_on_ray(preset, out, todo, data_root, download, address=address, gpus_per_run=gpus_per_run, on_row=record)
-        if failures:
-            lines = "; ".join(f"{key}: {error}" for key, error in failures.items())
-            raise BenchmarkError(f"{len(failures)} of {len(todo)} runs failed (the {finished} others are recorded): {lines}")
+    elif jobs > 1 and todo:
+        load_splits(preset, data_root, download)  # a missing dataset fails (or downloads) once here, not in N workers at once
+        failures = run_in_pool(preset, out, todo, data_root, download, jobs=jobs, on_row=record)
     elif todo:
         runner = BenchmarkRunner(preset, out, data_root, download)
         for run in todo:
-            record({"key": run.key, **runner.execute(run)})
+            record(runner.execute(run))
+    if failures:
+        lines = "; ".join(f"{key}: {error}" for key, error in failures.items())
+        raise BenchmarkError(f"{len(failures)} of {len(todo)} runs failed (the {finished} others are recorded): {lines}")
     return read_json_lines(results_path)
