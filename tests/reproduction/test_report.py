@@ -28,6 +28,7 @@ def test_the_recorded_baselines_learned(tmp_path: Path) -> None:
     results = _recorded(tmp_path)
     assert results.num_classes == 10 and baseline_warnings(results) == []
     assert "mlp: -77.07" in " ".join(findings(results))  # the stingy-KD mlp student against its 87.07% baseline
+    assert "(c) Nasty teacher (tau_A 4, omega 0.04) accuracy 90.02% (-0.80 vs normal)." in " ".join(findings(results))
 
 
 def test_no_difference_is_reported_against_a_baseline_near_chance(tmp_path: Path) -> None:

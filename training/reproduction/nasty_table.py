@@ -71,7 +71,7 @@ class SearchTable:
             f"{preset.student_config.epochs} epochs" + (f"; train subset {preset.train_subset}" if preset.train_subset else "") + ". "
             f"Cells: test accuracy (%), in brackets the drop against the student trained from scratch (positive: the "
             f"teacher hurt the student; a diverged student counts at chance, {chance_accuracy(self.num_classes):.2f}%). "
-            "Raw rows: `search.jsonl`.", "",
+            "The normal teacher's row is what normal KD alone does to the students. Raw rows: `search.jsonl`.", "",
             "| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
             "| scratch | - | - | " + " | ".join(f"{self.scratch[arch]:.2f}" for arch in archs) + " | - | - |",
             f"| normal teacher | - | {self.normal_teacher:.2f} | " + " | ".join(self._student_cells(self.normal_kd))

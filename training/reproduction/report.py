@@ -138,7 +138,7 @@ def findings(results: Results) -> list[str]:
                 n = _cell(results.kd(f"{teacher}-nasty", arch, NORMAL, results.tau, grad_clip), None)
                 s = _cell(results.kd(teacher, arch, results.stingy(), results.tau, grad_clip), None)
                 pairs.append(f"{student}{f' (clip {grad_clip:g})' if grad_clip else ''}: nasty {n} vs stingy {s}")
-        out.append(f"(c) Nasty teacher accuracy {nasty['accuracy']['normal']:.2f}% "
+        out.append(f"(c) Nasty teacher (tau_A {nasty['nasty_tau']:g}, omega {nasty['nasty_omega']:g}) accuracy {nasty['accuracy']['normal']:.2f}% "
                    f"({nasty['accuracy']['normal'] - normal['accuracy']['normal']:+.2f} vs normal). Students: " + "; ".join(pairs) + ".")
     sweep = results.preset.get("ratio_sweep")
     temps = results.preset.get("temperature_sweep")
