@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from training.reproduction.nasty_pick import Setting, load_pick, pick, pick_document, student_drop
+from training.reproduction.nasty_pick import Setting, edge_note, load_pick, pick, pick_document, student_drop
 from training.reproduction.results import BenchmarkError
 
 SCRATCH = {"mlp": 87.0, "lenet5": 86.0}
@@ -65,3 +65,11 @@ def test_pick_json_round_trip_and_its_refusals(tmp_path: Path) -> None:
     path.write_text("{")
     with pytest.raises(BenchmarkError, match="not a pick.json"):
         load_pick(path, "fmnist-cpu")
+
+
+def test_a_pick_on_the_grids_edge_says_so() -> None:
+    grid = [Setting(omega, tau, 89.0, {}) for omega in (0.01, 0.1, 0.3) for tau in (4.0, 10.0, 20.0)]
+    assert edge_note(Setting(0.1, 10.0, 89.0, {}), grid) is None
+    assert "largest omega searched (0.3)" in (edge_note(Setting(0.3, 10.0, 89.0, {}), grid) or "")
+    note = edge_note(Setting(0.01, 20.0, 89.0, {}), grid) or ""
+    assert "tau_A range searched (20)" in note and "omega" not in note.split(":")[1]

@@ -78,6 +78,18 @@ def pick(settings: list[Setting], scratch: dict[str, float], normal_teacher: flo
                             f"(mean drop vs scratch {drop:.2f} points)")
 
 
+def edge_note(setting: Setting, settings: list[Setting]) -> str | None:
+    """A sentence when ``setting`` has the grid's largest omega or its smallest or largest tau_A (a larger or
+    other value there may hurt more: worth extending the grid), else None."""
+    omegas, taus = {s.omega for s in settings}, {s.tau for s in settings}
+    edges = []
+    if len(omegas) == 1 or setting.omega == max(omegas):
+        edges.append(f"the largest omega searched ({setting.omega:g})")
+    if len(taus) == 1 or setting.tau in (min(taus), max(taus)):
+        edges.append(f"an end of the tau_A range searched ({setting.tau:g})")
+    return f"The pick lies on the grid's edge: {' and '.join(edges)}; a grid beyond it may hurt more." if edges else None
+
+
 def pick_document(result: Pick, scratch: dict[str, float], normal_teacher: float, num_classes: int,
                   max_teacher_drop: float, **context: Any) -> dict[str, Any]:
     """``pick.json``: the picked ``omega`` and ``tau`` (null when none kept its accuracy), ``works``, the reason,

@@ -90,6 +90,7 @@ def run_search(search: Search, out: Path, data_root: str | None = None, download
     result = pick(table.settings, table.scratch, table.normal_teacher, table.num_classes, search.max_teacher_drop)
     atomic_write_json(out / PICK_FILE, pick_document(
         result, table.scratch, table.normal_teacher, table.num_classes, search.max_teacher_drop,
-        preset=search.preset.name, teacher=search.teacher, kd_tau=search.preset.tau, alpha=search.preset.alpha))
+        preset=search.preset.name, teacher=search.teacher, kd_tau=search.preset.tau, alpha=search.preset.alpha,
+        grid=[{"omega": point.omega, "tau": point.tau} for point in search.points]))
     atomic_write_text(out / SEARCH_REPORT, table.markdown(result, out))
     return result

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from training.baseline import accuracy_of, chance_accuracy
-from training.reproduction.nasty_pick import PICK_RULE, Pick, Setting, keeps_accuracy, mean_drop, student_drop
+from training.reproduction.nasty_pick import PICK_RULE, Pick, Setting, edge_note, keeps_accuracy, mean_drop, student_drop
 from training.reproduction.plan import StudentRun, TeacherRun
 from training.reproduction.results import BenchmarkError
 
@@ -84,7 +84,8 @@ class SearchTable:
                          + f" | {mean_drop(setting.students, self.scratch, self.num_classes):+.2f} | {kept} |")
         lines += ["", "## Pick", "", f"Rule: {PICK_RULE.format(points=f'{search.max_teacher_drop:g}')}", ""]
         if result.works and result.setting is not None:
-            lines += [f"**omega {result.setting.omega:g}, tau_A {result.setting.tau:g}**: {result.reason}.", "",
+            edge = edge_note(result.setting, self.settings)
+            lines += [f"**omega {result.setting.omega:g}, tau_A {result.setting.tau:g}**: {result.reason}." + (f" {edge}" if edge else ""), "",
                       f"Compare against it: `stingy-bench run --preset {preset.name} --nasty-from {out / 'pick.json'} --out DIR`."]
         else:
             lines += [f"**No pick.** {result.reason[0].upper()}{result.reason[1:]}."]
