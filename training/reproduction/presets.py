@@ -163,7 +163,7 @@ _CIFAR_CPU_TEACHER = TrainConfig(epochs=15, batch_size=128, lr=0.1, milestones=(
 _CIFAR_CPU_STUDENT = replace(_CIFAR_CPU_TEACHER, epochs=10)
 _register(Preset(
     name="cifar10-cpu",
-    summary="Table 1 on 2 CPU cores in about 75 minutes: ResNetC-20 teacher (normal, nasty, stingy), CNN / self "
+    summary="Table 1 on 2 CPU cores in about 70 minutes (alone): ResNetC-20 teacher (normal, nasty, stingy), CNN / self "
     "students, normal / Nasty / stingy / stingy-smooth at r = 0.2, on a 12,000-image subset of CIFAR-10 (JPEG copy)",
     dataset="cifar10-images", teachers=("resnetc20",), students=("cnn", "self"),
     teacher_config=_CIFAR_CPU_TEACHER, student_config=_CIFAR_CPU_STUDENT, sparse_ratio=0.2,
