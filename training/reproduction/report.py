@@ -7,11 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from training.baseline import accuracy_of, baseline_warning
+from training.data import DATASETS
 from training.io import atomic_write_text
 from training.reproduction.figures import all_figures
+from training.reproduction.paper import PAPER_TABLES, PaperStudent, PaperTable
 from training.reproduction.results import NORMAL, Results, student_arch
 
 REPORT_FILE = "report.md"
+NOTES_FILE = "notes.md"  # written by hand beside the results (what was run and why, what the numbers say)
 COLLAPSE_POINTS = 5.0  # a student this many points below its scratch baseline counts as collapsed
 REMEDY = "train longer (raise or drop --max-epochs) or on more images (raise or drop --train-subset)"
 
@@ -173,6 +176,52 @@ def findings(results: Results) -> list[str]:
     return out
 
 
+def paper_comparison(results: Results, paper: PaperTable) -> str:
+    """The paper's table beside ours: for each of our students, the paper's rows for the same architecture (and
+    its self-KD column for our self-KD student), then ours per attacker; cells are accuracy (delta against the
+    scratch student of that row's source), ours with stingy-smooth too. Paper students we did not run are listed."""
+    teacher = results.preset["teachers"][0]
+    smooth = {"name": "stingy_smooth", "sparse_ratio": results.sparse_ratio}
+    kinds = (("normal", teacher, NORMAL), ("nasty", f"{teacher}-nasty", NORMAL), ("stingy", teacher, results.stingy()))
+    lines = [
+        "| Student | Source | scratch | normal KD | Nasty Teacher KD | stingy KD | stingy-smooth KD |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def paper_row(student: PaperStudent) -> str:
+        base = student.accuracy["scratch"]
+        cells = [_fmt(student.accuracy[kind], base) for kind, _, _ in kinds]
+        what = f"paper, {paper.teacher} teacher" + (" (self-KD)" if student.self_kd else "")
+        return f"| {student.label} | {what} | {base:.2f} | " + " | ".join(cells) + " | - |"
+
+    normal, nasty = results.teacher(teacher), results.teacher(f"{teacher}-nasty")
+    paper_teacher = paper.teacher_accuracy
+    lines.append(f"| Teacher itself | paper, {paper.teacher} | - | {paper_teacher['normal']:.2f} | "
+                 f"{_fmt(paper_teacher['nasty'], paper_teacher['normal'])} | {_fmt(paper_teacher['stingy'], paper_teacher['normal'])} | - |")
+    ours_normal = normal["accuracy"]["normal"] if normal else None
+    lines.append(f"| Teacher itself | ours, {teacher} | - | {_fmt(ours_normal)} | "
+                 f"{_fmt(nasty['accuracy']['normal'], ours_normal) if nasty else 'not run'} | "
+                 f"{_fmt(normal['accuracy']['stingy'], ours_normal) if normal else 'not run'} | - |")
+    matched: set[str] = set()
+    for entry in results.preset["students"]:
+        arch = student_arch(entry, teacher)
+        for student in paper.students:
+            if student.arch == arch or (student.self_kd and entry == "self"):
+                matched.add(student.label)
+                lines.append(paper_row(student))
+        scratch = results.baseline(arch)
+        for grad_clip in results.clip_variants:
+            cells = [_cell(results.kd(source, arch, policy, results.tau, grad_clip), scratch) for _, source, policy in kinds]
+            cells.append(_cell(results.kd(teacher, arch, smooth, results.tau, grad_clip), scratch))
+            attacker = f"attacker clipping at {grad_clip:g}" if grad_clip else "the paper's attacker"
+            what = f"ours, {teacher} teacher{' (self-KD)' if entry == 'self' else ''}, {attacker}"
+            lines.append(f"| {arch} | {what} | {_fmt(accuracy_of(results.scratch(arch)))} | " + " | ".join(cells) + " |")
+    for student in paper.students:
+        if student.label not in matched:
+            lines += [paper_row(student), f"| {student.arch} | ours | not in this preset | | | | |"]
+    return "\n".join(lines)
+
+
 def baseline_warnings(results: Results) -> list[str]:
     """One sentence per scratch student that learned nothing (:mod:`training.baseline`), saying what to change."""
     classes = results.num_classes
@@ -201,6 +250,16 @@ def write_report(folder: Path) -> Path:
         "the findings and the stability table); differences below -5 points in bold. A `least` run keeping N = 1 class "
         "releases the same top-1 logit as `stingy` at that ratio: it is one point, the stingy run's, in every table and figure.", "",
     ]
+    note = DATASETS[preset["dataset"]].note if preset["dataset"] in DATASETS else ""
+    if note:
+        lines += [f"**Data.** {note}", ""]
+    if (folder / NOTES_FILE).is_file():
+        lines += [(folder / NOTES_FILE).read_text().strip(), ""]
+    paper = PAPER_TABLES.get(preset["name"])
+    if paper:
+        lines += [f"## Beside {paper.caption}", "", "In brackets: the difference to the scratch student of the same row "
+                  "(the teacher: to its normal accuracy); the paper's are computed from its reported accuracies.", "",
+                  paper_comparison(results, paper), ""]
     warnings = baseline_warnings(results)
     if warnings:
         lines += ["**Baselines near chance: no difference is reported against them.**", ""] + [f"- {w}." for w in warnings] + [""]
