@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -37,6 +38,7 @@ def threads_per_job(jobs: int) -> int | None:
 
 def _start_worker(preset: Preset, out: Path, data_root: str | None, download: bool, threads: int | None) -> None:
     global _runner
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
     import torch
 
     from training.reproduction.runner import BenchmarkRunner
@@ -108,6 +110,15 @@ def run_in_pool(
                     print(f"failed: {run.key}: {failures[run.key]}", flush=True)
                 else:
                     on_row(row)
+    except BaseException:  # Ctrl-C or a failure to record a row: stop the runs in flight now
+        _stop_workers(pool)
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return failures
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate ``pool``'s worker processes (their runs resume from their last epoch next time)."""
+    for process in list(pool._processes.values()):  # CPython's worker table (3.14 adds terminate_workers())
+        process.terminate()
