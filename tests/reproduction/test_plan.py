@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from training.reproduction.plan import StudentRun, TeacherRun, plan
@@ -86,3 +88,26 @@ def test_cifar10_cpu_is_table1_on_cifar10_images() -> None:
             for clip in ("none", "5"):
                 assert f"kd/{source}/{student}/{policy}/tau=20/alpha=0.9/clip={clip}" in keys
     assert len(keys) == 2 + 2 + 2 * 4 * 2
+
+
+def test_seeds_repeat_every_student_run_and_train_teachers_once() -> None:
+    preset = PRESETS["smoke"]
+    plain = plan(preset)
+    seeded = plan(replace(preset, seeds=(0, 3)))
+    teachers = [run for run in plain if isinstance(run, TeacherRun)]
+    students = [run for run in plain if isinstance(run, StudentRun)]
+    assert [run for run in seeded if isinstance(run, TeacherRun)] == teachers
+    assert [run.key for run in seeded if isinstance(run, StudentRun)] == [
+        f"{run.key}/seed={seed}" for run in students for seed in (0, 3)
+    ]
+    by_key = {run.key: run for run in seeded}
+    assert by_key["scratch/mlp/seed=3"].train_config.seed == 3 and by_key["scratch/mlp/seed=0"].train_config.seed == 0
+    clipped = next(run for run in seeded if isinstance(run, StudentRun) and run.grad_clip)
+    assert clipped.train_config.grad_clip == clipped.grad_clip
+    assert all(run.seed is None and run.train_config.seed == preset.student_config.seed for run in students)
+
+
+@pytest.mark.parametrize("seeds", [(), (1, 1), (-1,)])
+def test_seeds_must_be_distinct_and_non_negative(seeds: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="seeds must be distinct non-negative integers"):
+        replace(PRESETS["smoke"], seeds=seeds)

@@ -74,6 +74,63 @@ def test_least_keeping_one_class_is_the_stingy_point(tmp_path: Path) -> None:
     least, stingy = {"name": "least", "sparse_ratio": 0.1}, {"name": "stingy", "sparse_ratio": 0.1}
     assert not [row for row in results.rows if row.get("policy") == least]
     for clip in (None, 5.0):
-        assert results.kd("cnn_small", "mlp", least, 20.0, clip) is results.kd("cnn_small", "mlp", stingy, 20.0, clip) is not None
+        assert results.kd("cnn_small", "mlp", least, 20.0, clip) == results.kd("cnn_small", "mlp", stingy, 20.0, clip)
+        assert results.kd("cnn_small", "mlp", stingy, 20.0, clip).n == 1
     two = {"name": "least", "sparse_ratio": 0.2}
-    assert results.kd("cnn_small", "mlp", two, 20.0, 5.0)["policy"] == two
+    (row,) = results.kd("cnn_small", "mlp", two, 20.0, 5.0).rows
+    assert row["policy"] == two
+
+
+def _two_seeds(tmp_path: Path, step: float = 2.0) -> Results:
+    """The recorded run as if run with ``--seeds 0 1``: every student row twice, its accuracy ``-step`` (seed 0) and
+    ``+step`` (seed 1) around the recorded one (same mean; std 2.83 and spread 4.00 for step 2)."""
+    preset = json.loads((RECORDED / PRESET_FILE).read_text())
+    (tmp_path / PRESET_FILE).write_text(json.dumps({**preset, "seeds": [0, 1]}))
+    rows = []
+    for row in map(json.loads, (RECORDED / RESULTS_FILE).read_text().splitlines()):
+        if row["type"] == "teacher":
+            rows.append(row)
+            continue
+        for seed, sign in ((0, -1), (1, 1)):
+            shifted = None if row["test_accuracy"] is None else row["test_accuracy"] + sign * step
+            rows.append({**row, "key": f"{row['key']}/seed={seed}", "seed": seed, "test_accuracy": shifted})
+    (tmp_path / RESULTS_FILE).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return Results.load(tmp_path)
+
+
+def test_seeds_show_mean_and_std_and_mark_differences_within_the_spread(tmp_path: Path) -> None:
+    results = _two_seeds(tmp_path)
+    table = comparison_table(results, "cnn_small")
+    assert "| Student baseline | - | 87.07 ± 2.83 (n=2) | 86.74 ± 2.83 (n=2) | 90.94 ± 2.83 (n=2) |" in table
+    normal = next(line for line in table.splitlines() if line.startswith("| cnn_small (normal) |"))
+    assert "| 86.85 ± 2.83 (n=2) (≈ -0.22) |" in normal  # 0.22 apart, spread 4.00: the seeds cannot tell them apart
+    stingy = next(line for line in table.splitlines() if line.startswith("| cnn_small (stingy) |"))
+    assert "| 10.00 ± 2.83 (n=2) (**-77.07**) | 2 of 2 diverged (steps 93, 93) |" in stingy
+    text = " ".join(findings(results))
+    assert "attacker clipping at 5 (points): mlp: -3.86 ± 4.00 ≈, lenet5: -3.38 ± 4.00 ≈, self: -7.43 ± 4.00." in text
+    assert "mlp: nasty 85.71 ± 2.83 (n=2) vs stingy 10.00 ± 2.83 (n=2)" in text
+    assert "mlp (clip 5): nasty 85.55 ± 2.83 (n=2) ≈ stingy 83.21 ± 2.83 (n=2)" in text
+    stability = stability_table(results)
+    for seed, delta in ((0, "-9.17"), (1, "-5.17")):  # one collapse rule, per run: 79.90 -+ 2 against the scratch mean 87.07
+        key = f"kd/cnn_small/mlp/stingy(sparse_ratio=0.3)/tau=20/alpha=0.9/clip=none/seed={seed}"
+        line = next(line for line in stability.splitlines() if f"`{key}`" in line)
+        assert f"| {delta} | 410 | 5.65 | {82.42 + (2 if seed else -2):.2f} |" in line
+
+
+def test_a_seeded_report_says_how_teachers_and_students_were_seeded(tmp_path: Path) -> None:
+    from training.reproduction.report import write_report
+
+    _two_seeds(tmp_path)
+    report = write_report(tmp_path).read_text()
+    assert "Seeds 0, 1: every student cell (scratch baselines included) was trained once per seed" in report
+    assert "Teachers (normal and nasty) were trained once, on seed 0" in report
+    assert (tmp_path / "fig2_sparse_ratio.png").is_file() and (tmp_path / "fig3_epochs.png").is_file()
+
+
+def test_unseeded_report_renders_as_committed(tmp_path: Path) -> None:
+    """A folder run without --seeds (keys without a seed, rows without one) renders exactly the committed report
+    (after an intended change to the report, re-render it: ``stingy-bench report docs/results/fmnist-cpu``)."""
+    from training.reproduction.report import write_report
+
+    _recorded(tmp_path)
+    assert write_report(tmp_path).read_text() == (RECORDED / "report.md").read_text()

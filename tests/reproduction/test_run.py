@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,9 @@ from training.engine import predict_logits
 from training.io import read_json_lines
 from training.reproduction.cli import main
 from training.reproduction.plan import plan, slug
+from training.reproduction.cells import within_spread
 from training.reproduction.presets import PRESETS
+from training.reproduction.results import NORMAL, Results
 
 pytestmark = pytest.mark.slow
 
@@ -100,3 +103,37 @@ def test_paper_cifar10_code_path_on_cifar_fixture(tmp_path: Path) -> None:
     assert "| Teacher network | Teacher accuracy | cnn | resnetc20 | resnetc32 | Teacher self |" in report
     preset = json.loads((out / "preset.json").read_text())
     assert preset["teacher_config"]["epochs"] == 1 and preset["dataset"] == "cifar10"
+
+
+def test_seeds_repeat_every_student_cell(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--seeds 0 1``: a row per (cell, seed) with its seed, teachers once, mean ± std in the report, ``≈`` exactly
+    where the spread rule says, and a rerun of the same command skips every finished (cell, seed)."""
+    out = tmp_path / "seeds"
+    assert main(["run", "--preset", "smoke", "--out", str(out), "--seeds", "0", "1"]) == 0
+    rows = {row["key"]: row for row in read_json_lines(out / "results.jsonl")}
+    assert set(rows) == {run.key for run in plan(replace(PRESETS["smoke"], seeds=(0, 1)))}
+    assert rows["teacher/lenet5"]["seed"] == 0 and "teacher/lenet5/seed=1" not in rows
+    first, second = rows["scratch/mlp/seed=0"], rows["scratch/mlp/seed=1"]
+    assert (first["seed"], second["seed"]) == (0, 1)
+    assert first["history"][0]["train_loss"] != second["history"][0]["train_loss"], "the seed changes the student's training"
+    assert json.loads((out / "preset.json").read_text())["seeds"] == [0, 1]
+
+    results = Results.load(out)
+    report = (out / "report.md").read_text()
+    scratch = results.scratch("mlp")
+    assert scratch.n == 2 and f"| Student baseline | - | {scratch.mean:.2f} ± {scratch.std:.2f} (n=2) |" in report
+    nasty_finding = next(line for line in report.splitlines() if line.startswith("- (c) "))
+    pairs = dict(part.split(": nasty ", 1) for part in nasty_finding.split("Students: ", 1)[1].rstrip(".").split("; "))
+    for student in ("mlp", "lenet5"):
+        for clip in (None, 5.0):
+            nasty = results.kd("lenet5-nasty", student, NORMAL, 20.0, clip)
+            stingy = results.kd("lenet5", student, results.stingy(), 20.0, clip)
+            assert nasty.n == stingy.n == 2
+            pair = pairs[f"{'self' if student == 'lenet5' else student}{' (clip 5)' if clip else ''}"]
+            assert (" ≈ stingy " in pair) == within_spread(nasty, stingy) != (" vs stingy " in pair), pair
+
+    capsys.readouterr()
+    assert main(["run", "--preset", "smoke", "--out", str(out), "--seeds", "0", "1"]) == 0
+    assert f"{len(rows)} runs, {len(rows)} already finished, 0 to go" in capsys.readouterr().out
+    assert main(["run", "--preset", "smoke", "--out", str(out)]) == 2
+    assert "holds runs made with --seeds 0 1" in capsys.readouterr().err

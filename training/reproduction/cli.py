@@ -3,6 +3,7 @@
     stingy-bench presets
     stingy-bench run --preset fmnist-cpu --out runs/bench/fmnist-cpu
     stingy-bench run --preset fmnist-cpu --out runs/bench/fmnist-gpu --jobs 12 --device cuda --no-amp
+    stingy-bench run --preset fmnist-cpu --out runs/bench/fmnist-cpu-seeds --seeds 0 1 2
     stingy-bench run --preset paper-cifar100 --out /shared/bench --executor ray --address auto --gpus-per-run 1
     stingy-bench report runs/bench/fmnist-cpu       (or: stingy-bench report --out runs/bench/fmnist-cpu)
     stingy-bench nasty-search --preset fmnist-cpu --omega 0.04 0.1 --tau 4 20 --students mlp lenet5 --out runs/nasty
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,10 @@ def _nasty_override(args: argparse.Namespace, preset: Preset) -> Preset:
 
 def cmd_run(args: argparse.Namespace) -> int:
     preset = _nasty_override(args, _preset(args))
+    if args.seeds:
+        if len(set(args.seeds)) != len(args.seeds):
+            raise BenchmarkError(f"--seeds lists a seed twice: {' '.join(map(str, args.seeds))}")
+        preset = replace(preset, seeds=tuple(args.seeds))
     run_benchmark(preset, args.out, args.data_root, args.download, **_executor(args))
     print(f"report: {write_report(args.out)}")
     return 0
@@ -96,12 +102,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seed(text: str) -> int:
+    """A seed: a non-negative integer."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"a seed is a non-negative integer, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stingy-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("presets", help="list the presets").set_defaults(handler=cmd_presets)
     run = commands.add_parser("run", help="run a preset (finished runs are skipped, interrupted ones resume)")
     _add_run_options(run, "benchmark folder: results.jsonl, report.md, figures, runs/")
+    run.add_argument("--seeds", type=_seed, nargs="+", metavar="N",
+                     help="train every student cell once per seed (teachers once, on the preset's seed); the report shows "
+                          "mean ± std and marks differences smaller than their spread. Rerun with more seeds to add them")
     nasty = run.add_argument_group("the Nasty Teacher (default: the preset's; recorded in OUT/preset.json)")
     nasty.add_argument("--nasty-from", type=Path, metavar="PICK", help="the setting picked by `stingy-bench nasty-search` (its pick.json)")
     nasty.add_argument("--nasty-omega", type=float, metavar="W", help="adversarial weight omega")

@@ -1,8 +1,9 @@
 """The paper's figures from benchmark results, as PNG files (matplotlib, Agg backend).
 
 Fig. 2 sparse-ratio sweep, Fig. 3 accuracy over epochs, Fig. 4 logit visualisation at tau = 4, Fig. 5 top vs
-least logits, Fig. 6 temperature sweep. A diverged run is drawn as a red cross on the x axis, never as a
-low accuracy.
+least logits, Fig. 6 temperature sweep. A point is a cell's mean accuracy over its seeds, with error bars (the
+sample standard deviation) when it has several runs; a cell whose every run diverged is drawn as a red cross on
+the x axis, never as a low accuracy.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 
 from defense import make_policy, tempered_softmax  # noqa: E402
-from training.baseline import accuracy_of  # noqa: E402
+from training.reproduction.cells import Cell  # noqa: E402
 from training.reproduction.results import NORMAL, Results, student_arch  # noqa: E402
 
 
@@ -34,20 +35,28 @@ def _pair_axes(count: int, title: str) -> tuple[plt.Figure, list[Axes]]:
     return fig, list(axes[0])
 
 
-def _curve(ax: Axes, xs: Sequence[float], rows: Sequence[dict | None], label: str, style: str, color: str | None = None) -> None:
-    points = [(x, accuracy_of(r)) for x, r in zip(xs, rows) if r is not None]
-    finite = [(x, y) for x, y in points if y is not None]
+def _curve(ax: Axes, xs: Sequence[float], cells: Sequence[Cell], label: str, style: str, color: str | None = None) -> None:
+    points = [(x, cell) for x, cell in zip(xs, cells) if cell]
+    finite = [(x, cell.mean, cell.std or 0.0) for x, cell in points if cell.mean is not None]
     if finite:
-        ax.plot(*zip(*finite), style, color=color, label=label)
-    diverged = [x for x, y in points if y is None]
+        x, y, err = zip(*finite)
+        if any(err):
+            ax.errorbar(x, y, yerr=err, fmt=style, color=color, label=label, capsize=3)
+        else:
+            ax.plot(x, y, style, color=color, label=label)
+    diverged = [x for x, cell in points if cell.mean is None]
     if diverged:  # at the bottom of the axes, whatever its limits
         ax.plot(diverged, [0.03] * len(diverged), "rx", markersize=9, transform=ax.get_xaxis_transform(), label=f"{label}: diverged")
 
 
-def _level(ax: Axes, row: dict | None, label: str, style: str) -> None:
-    value = accuracy_of(row)
-    if value is not None:
-        ax.axhline(value, linestyle=style, color="gray" if "scratch" in label else "tab:green", label=f"{label} ({value:.1f})")
+def _level(ax: Axes, cell: Cell, label: str, style: str, color: str | None = None) -> None:
+    """A horizontal line at ``cell``'s mean, with a band of one standard deviation when it has several runs."""
+    if cell.mean is None:
+        return
+    color = color or ("gray" if "scratch" in label else "tab:green")
+    ax.axhline(cell.mean, linestyle=style, color=color, label=f"{label} ({cell.mean:.1f}{f' ± {cell.std:.1f}' if cell.std else ''})")
+    if cell.std:
+        ax.axhspan(cell.mean - cell.std, cell.mean + cell.std, color=color, alpha=0.12)
 
 
 def _attacker_label(label: str, grad_clip: float | None) -> str:
@@ -78,9 +87,7 @@ def sparse_ratio_figure(results: Results, out: Path, policies: Sequence[str], ti
         _level(ax, results.scratch(arch), "scratch", ":")
         _level(ax, results.kd(teacher, arch, NORMAL, results.tau), "normal KD", "--")
         if "stingy_smooth" in policies and results.preset.get("reverse"):
-            reverse = results.kd(teacher, arch, {"name": "reverse"}, results.tau)
-            if accuracy_of(reverse) is not None:
-                ax.axhline(accuracy_of(reverse), color="tab:purple", linestyle="-.", label=f"reverse ({accuracy_of(reverse):.1f})")
+            _level(ax, results.kd(teacher, arch, {"name": "reverse"}, results.tau), "reverse", "-.", "tab:purple")
         for policy in policies:
             label = "stingy-sparse" if policy == "stingy" else policy.replace("_", "-")
             for grad_clip in results.clip_variants:
@@ -109,6 +116,15 @@ def temperature_figure(results: Results, out: Path) -> Path | None:
     return _save(fig, out / "fig6_temperature.png")
 
 
+def _epoch_accuracies(cell: Cell) -> dict[int, list[float]]:
+    """Test accuracy after each epoch, over the cell's runs that recorded it (a diverged run records none)."""
+    out: dict[int, list[float]] = {}
+    for row in cell.rows:
+        for entry in row.get("history") or ():
+            out.setdefault(entry["epoch"], []).append(entry["test_accuracy"])
+    return out
+
+
 def epochs_figure(results: Results, out: Path) -> Path | None:
     teacher = results.preset["teachers"][0]
     students = results.preset["students"]
@@ -121,14 +137,23 @@ def epochs_figure(results: Results, out: Path) -> Path | None:
             series[_attacker_label("normal KD", grad_clip)] = results.kd(teacher, arch, NORMAL, results.tau, grad_clip)
             series[_attacker_label("nasty KD", grad_clip)] = results.kd(f"{teacher}-nasty", arch, NORMAL, results.tau, grad_clip)
             series[_attacker_label("stingy KD", grad_clip)] = results.kd(teacher, arch, results.stingy(), results.tau, grad_clip)
-        for label, row in series.items():
-            if row and row.get("history"):
+        for label, cell in series.items():
+            epochs = _epoch_accuracies(cell)
+            if epochs:
                 color = next(c for kind, c in KIND_COLORS.items() if label.startswith(kind))
-                ax.plot([h["epoch"] for h in row["history"]], [h["test_accuracy"] for h in row["history"]],
-                        "--" if "clip" in label else "-", color=color, marker=".", label=label)
+                xs = sorted(epochs)
+                means = [float(np.mean(epochs[x])) for x in xs]
+                stds = [float(np.std(epochs[x], ddof=1)) if len(epochs[x]) > 1 else 0.0 for x in xs]
+                style = "--" if "clip" in label else "-"
+                if any(stds):
+                    ax.errorbar(xs, means, yerr=stds, fmt=style, color=color, marker=".", label=label, capsize=2)
+                else:
+                    ax.plot(xs, means, style, color=color, marker=".", label=label)
                 drawn = True
-            elif row and row.get("diverged"):
-                ax.plot([], [], "rx", label=f"{label}: diverged at step {row['diverged_step']}")
+            if cell.diverged:
+                steps = ", ".join(str(row["diverged_step"]) for row in cell.diverged)
+                ax.plot([], [], "rx", label=f"{label}: {len(cell.diverged)} of {cell.n} diverged (step {steps})"
+                        if cell.n > 1 else f"{label}: diverged at step {steps}")
         ax.set(title=f"student {student}", xlabel="epoch", ylabel="test accuracy (%)")
         ax.legend(fontsize=7)
     return _save(fig, out / "fig3_epochs.png") if drawn else None

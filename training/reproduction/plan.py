@@ -1,13 +1,16 @@
 """A preset expanded into the runs it needs, in dependency order, each with a stable key.
 
 Keys identify runs across reruns (``results.jsonl`` is keyed by them) and name their folders. A run that
-several experiments share (e.g. the stingy table run and the matching sweep point) appears once.
+several experiments share (e.g. the stingy table run and the matching sweep point) appears once. With seeds
+(``Preset.seeds``, ``stingy-bench run --seeds``) every student run is repeated once per seed and its key ends in
+``/seed=N``; teachers are trained once, on the preset's seed (the attacker cannot retrain the victim). Without
+seeds keys carry no suffix, so folders run before seeds existed resume as they were.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from defense import make_policy
@@ -53,21 +56,29 @@ class DistillFrom:
 
 @dataclass(frozen=True)
 class StudentRun:
-    """A student trained from scratch (``source`` None) or distilled, optionally with gradient clipping."""
+    """A student trained from scratch (``source`` None) or distilled, optionally with gradient clipping, on
+    ``seed`` (initialisation and data order; None: ``config.seed``, and no seed in the key)."""
 
     arch: str
     config: TrainConfig
     source: DistillFrom | None = None
     grad_clip: float | None = None
+    seed: int | None = None
 
     @property
     def key(self) -> str:
+        suffix = "" if self.seed is None else f"/seed={self.seed}"
         if self.source is None:
-            return f"scratch/{self.arch}"
+            return f"scratch/{self.arch}{suffix}"
         params = ",".join(f"{k}={v}" for k, v in self.source.policy if k != "name")
         policy = self.source.policy_config["name"] + (f"({params})" if params else "")
         clip = f"{self.grad_clip:g}" if self.grad_clip else "none"
-        return f"kd/{self.source.teacher}/{self.arch}/{policy}/tau={self.source.tau:g}/alpha={self.source.alpha:g}/clip={clip}"
+        return f"kd/{self.source.teacher}/{self.arch}/{policy}/tau={self.source.tau:g}/alpha={self.source.alpha:g}/clip={clip}{suffix}"
+
+    @property
+    def train_config(self) -> TrainConfig:
+        """The config this run trains with: its clipping and (when given) its seed."""
+        return replace(self.config, grad_clip=self.grad_clip, seed=self.config.seed if self.seed is None else self.seed)
 
 
 Run = TeacherRun | StudentRun
@@ -104,11 +115,16 @@ def distil(preset: Preset, teacher: str, arch: str, policy: tuple[tuple[str, Any
 
 
 def plan(preset: Preset) -> list[Run]:
-    """Every run of ``preset``: teachers, nasty teachers, scratch baselines, then distillation runs."""
+    """Every run of ``preset``: teachers, nasty teachers, scratch baselines, then distillation runs (each student
+    run once per seed of ``preset.seeds``)."""
     runs: dict[str, Run] = {}
 
     def add(run: Run) -> None:
-        runs.setdefault(run.key, run)
+        if isinstance(run, StudentRun) and preset.seeds:
+            for seed in preset.seeds:
+                runs.setdefault(replace(run, seed=seed).key, replace(run, seed=seed))
+        else:
+            runs.setdefault(run.key, run)
 
     def kd(teacher: str, arch: str, policy: tuple[tuple[str, Any], ...], tau: float) -> None:
         """The paper's attacker, and (with ``clip_norm``) its twin that keeps training stable by clipping."""

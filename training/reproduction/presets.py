@@ -56,10 +56,13 @@ class Preset:
     test_subset: int | None = None
     teacher_cache: bool = False
     data_options: dict[str, Any] = field(default_factory=dict)
+    seeds: tuple[int, ...] | None = None  # every student run once per seed (teachers: once, on teacher_config.seed)
 
     def __post_init__(self) -> None:
         if self.teacher_cache and self.student_config.augment:
             raise ValueError(f"preset {self.name}: a teacher cache needs the students' augmentation off")
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0):
+            raise ValueError(f"seeds must be distinct non-negative integers, got {' '.join(map(str, self.seeds))}")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -9,6 +9,7 @@ from typing import Any
 from training.baseline import accuracy_of, baseline_warning
 from training.data import DATASETS
 from training.io import atomic_write_text
+from training.reproduction.cells import Cell, spread, within_spread
 from training.reproduction.figures import all_figures
 from training.reproduction.paper import PAPER_TABLES, PaperStudent, PaperTable
 from training.reproduction.results import NORMAL, Results, student_arch
@@ -19,22 +20,56 @@ COLLAPSE_POINTS = 5.0  # a student this many points below its scratch baseline c
 REMEDY = "train longer (raise or drop --max-epochs) or on more images (raise or drop --train-subset)"
 
 
+def collapsed(delta: float) -> bool:
+    """The one definition of collapse: a student (a run, or a cell's mean) more than :data:`COLLAPSE_POINTS`
+    below its scratch baseline (the scratch students' mean). A diverged run has collapsed too."""
+    return delta < -COLLAPSE_POINTS
+
+
 def _fmt(value: float | None, reference: float | None = None, bold_below: bool = False) -> str:
     if value is None:
         return "-"
     text = f"{value:.2f}"
     if reference is not None:
         delta = value - reference
-        text += f" ({'**' if bold_below and delta < -COLLAPSE_POINTS else ''}{delta:+.2f}{'**' if bold_below and delta < -COLLAPSE_POINTS else ''})"
+        bold = "**" if bold_below and collapsed(delta) else ""
+        text += f" ({bold}{delta:+.2f}{bold})"
     return text
 
 
-def _cell(row: dict[str, Any] | None, reference: float | None) -> str:
-    if row is None:
+def _value(cell: Cell) -> str:
+    """A cell's accuracy: the plain number for one run, ``mean ± std (n=N)`` for several."""
+    if cell.mean is None:
+        return "-"
+    return f"{cell.mean:.2f}" + (f" ± {cell.std:.2f} (n={len(cell.accuracies)})" if cell.std is not None else "")
+
+
+def _diverged(cell: Cell) -> str:
+    steps = ", ".join(str(row["diverged_step"]) for row in cell.diverged)
+    where = f"step{'s' if len(cell.diverged) > 1 else ''} {steps}"
+    return f"diverged ({where})" if cell.n == 1 else f"{len(cell.diverged)} of {cell.n} diverged ({where})"
+
+
+def _cell(cell: Cell, reference: Cell | None) -> str:
+    """A table cell: accuracy, the difference to ``reference`` (bold when collapsed, ``≈`` when within the
+    spread, :func:`~training.reproduction.cells.within_spread`), and how many of its runs diverged."""
+    if not cell:
         return "not run"
-    if row.get("diverged"):
-        return f"diverged (step {row['diverged_step']})"
-    return _fmt(accuracy_of(row), reference, bold_below=True)
+    if cell.mean is None:
+        return _diverged(cell)
+    text = _value(cell)
+    if reference is not None and reference.mean is not None:
+        delta = cell.mean - reference.mean
+        bold = "**" if collapsed(delta) else ""
+        text += f" ({'≈ ' if within_spread(cell, reference) else ''}{bold}{delta:+.2f}{bold})"
+    return text + (f" [{_diverged(cell)}]" if cell.diverged else "")
+
+
+def _difference(a: Cell, b: Cell) -> str:
+    """``mean(a) - mean(b)``, with its spread when known and ``≈`` when within it."""
+    assert a.mean is not None and b.mean is not None
+    width = spread(a, b)
+    return f"{a.mean - b.mean:+.2f}" + (f" ± {width:.2f}" if width is not None else "") + (" ≈" if within_spread(a, b) else "")
 
 
 def comparison_table(results: Results, teacher: str) -> str:
@@ -45,13 +80,13 @@ def comparison_table(results: Results, teacher: str) -> str:
     normal_teacher = results.teacher(teacher)
     normal_accuracy = normal_teacher["accuracy"]["normal"] if normal_teacher else None
 
-    def baseline(student: str) -> float | None:  # self-KD too: the scratch student of the same architecture
+    def baseline(student: str) -> Cell | None:  # self-KD too: the scratch student of the same architecture
         return results.baseline(student_arch(student, teacher))
 
     def scratch_cell(student: str) -> str:
         arch = student_arch(student, teacher)
-        value = accuracy_of(results.scratch(arch))
-        return _fmt(value) + (" (near chance)" if value is not None and results.baseline(arch) is None else "")
+        cell = results.scratch(arch)
+        return _value(cell) + (" (near chance)" if cell.mean is not None and results.baseline(arch) is None else "")
 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines.append("| Student baseline | - | " + " | ".join(scratch_cell(s) for s in students) + " |")
@@ -70,7 +105,8 @@ def comparison_table(results: Results, teacher: str) -> str:
 
 
 def stability_table(results: Results) -> str:
-    """Claim (f): for every distillation run that collapsed, did its gradients explode, and what does clipping give?"""
+    """Claim (f): for every distillation run (every seed) that collapsed (:func:`collapsed`), did its gradients
+    explode, and what does clipping give? Its references are the normal-KD run and the clipping twin of its seed."""
     clip = results.preset.get("clip_norm")
     lines = [
         "| run | accuracy | vs scratch | max grad norm (pre-clip) | normal-KD max grad norm | with clipping | verdict |",
@@ -79,19 +115,21 @@ def stability_table(results: Results) -> str:
     for row in results.rows:
         if row["type"] != "student" or row["teacher"] is None or row["grad_clip"] is not None:
             continue
-        scratch = results.baseline(row["student"])
+        baseline = results.baseline(row["student"])
+        scratch = baseline.mean if baseline else None
         value = accuracy_of(row)
-        collapsed = row.get("diverged") or (value is not None and scratch is not None and value < scratch - COLLAPSE_POINTS)
-        if not collapsed:
+        if not (row.get("diverged") or (value is not None and scratch is not None and collapsed(value - scratch))):
             continue
         base = row["teacher"].removesuffix("-nasty")  # the normal teacher's normal KD is the reference
-        normal = results.kd(base, row["student"], NORMAL, row["tau"]) or results.kd(base, row["student"], NORMAL, results.tau)
-        clipped = results.kd(row["teacher"], row["student"], row["policy"], row["tau"], clip) if clip else None
+        seed = row.get("seed")
+        normal = (results.kd(base, row["student"], NORMAL, row["tau"]) or results.kd(base, row["student"], NORMAL, results.tau)).seed(seed)
+        clipped = results.kd(row["teacher"], row["student"], row["policy"], row["tau"], clip).seed(seed) if clip else None
+        run = _cell(Cell((row,)), None)
         lines.append(
-            f"| `{row['key']}` | {_cell(row, None)} | {_fmt(value - scratch) if value is not None and scratch is not None else '-'} | "
+            f"| `{row['key']}` | {run} | {_fmt(value - scratch) if value is not None and scratch is not None else '-'} | "
             f"{row['max_grad_norm']:.3g} | {normal['max_grad_norm']:.3g} | "
-            f"{_cell(clipped, None) if clipped else 'not run'} | {_verdict(row, clipped, normal)} |"
-            if normal else f"| `{row['key']}` | {_cell(row, None)} | - | {row['max_grad_norm']:.3g} | - | - | {_verdict(row, clipped, None)} |"
+            f"{_cell(Cell((clipped,)), None) if clipped else 'not run'} | {_verdict(row, clipped, normal)} |"
+            if normal else f"| `{row['key']}` | {run} | - | {row['max_grad_norm']:.3g} | - | - | {_verdict(row, clipped, None)} |"
         )
     return "\n".join(lines) if len(lines) > 2 else "No distillation run collapsed (none fell more than 5 points below its scratch baseline)."
 
@@ -123,11 +161,11 @@ def findings(results: Results) -> list[str]:
         for student in results.preset["students"]:
             arch = student_arch(student, teacher)
             scratch, stingy = results.baseline(arch), results.kd(teacher, arch, results.stingy(), results.tau, grad_clip)
-            if stingy is not None and stingy.get("diverged"):
-                deltas.append(f"{student}: diverged (step {stingy['diverged_step']})")
-            elif scratch is not None and accuracy_of(stingy) is not None:
-                deltas.append(f"{student}: {accuracy_of(stingy) - scratch:+.2f}")
-            elif accuracy_of(results.scratch(arch)) is not None:
+            if stingy.mean is None and stingy.diverged:
+                deltas.append(f"{student}: {_diverged(stingy)}")
+            elif scratch is not None and stingy.mean is not None:
+                deltas.append(f"{student}: {_difference(stingy, scratch)}" + (f" [{_diverged(stingy)}]" if stingy.diverged else ""))
+            elif results.scratch(arch).mean is not None:
                 deltas.append(f"{student}: not measured (scratch baseline near chance)")
         attacker = f"attacker clipping at {grad_clip:g}" if grad_clip else "the paper's attacker"
         if deltas:
@@ -138,9 +176,10 @@ def findings(results: Results) -> list[str]:
         for student in results.preset["students"]:
             arch = student_arch(student, teacher)
             for grad_clip in results.clip_variants:
-                n = _cell(results.kd(f"{teacher}-nasty", arch, NORMAL, results.tau, grad_clip), None)
-                s = _cell(results.kd(teacher, arch, results.stingy(), results.tau, grad_clip), None)
-                pairs.append(f"{student}{f' (clip {grad_clip:g})' if grad_clip else ''}: nasty {n} vs stingy {s}")
+                n = results.kd(f"{teacher}-nasty", arch, NORMAL, results.tau, grad_clip)
+                s = results.kd(teacher, arch, results.stingy(), results.tau, grad_clip)
+                pairs.append(f"{student}{f' (clip {grad_clip:g})' if grad_clip else ''}: nasty {_cell(n, None)} "
+                             f"{'≈' if within_spread(n, s) else 'vs'} stingy {_cell(s, None)}")
         out.append(f"(c) Nasty teacher (tau_A {nasty['nasty_tau']:g}, omega {nasty['nasty_omega']:g}) accuracy {nasty['accuracy']['normal']:.2f}% "
                    f"({nasty['accuracy']['normal'] - normal['accuracy']['normal']:+.2f} vs normal). Students: " + "; ".join(pairs) + ".")
     sweep = results.preset.get("ratio_sweep")
@@ -152,18 +191,22 @@ def findings(results: Results) -> list[str]:
             for pair_teacher, student in sweep["pairs"]:
                 arch = student_arch(student, pair_teacher)
 
-                def at(name: str, ratio: float | None = None) -> float | None:
+                def at(name: str, ratio: float | None = None) -> Cell:
                     policy = {"name": name} if ratio is None else {"name": name, "sparse_ratio": ratio}
-                    return accuracy_of(results.kd(pair_teacher, arch, policy, results.tau, grad_clip))
+                    return results.kd(pair_teacher, arch, policy, results.tau, grad_clip)
 
-                smooth = [v for v in (at("stingy_smooth", r) for r in sweep["values"]) if v is not None]
-                sparse = {r: v for r, v in ((r, at("stingy", r)) for r in sweep["values"]) if v is not None}
-                worst = min(sparse, key=sparse.__getitem__) if sparse else None
+                def worst(name: str) -> tuple[float | None, Cell]:  # the ratio with the lowest mean accuracy
+                    cells = [(r, at(name, r)) for r in sweep["values"]]
+                    return min(((r, c) for r, c in cells if c.mean is not None), key=lambda rc: rc[1].mean, default=(None, Cell()))
+
+                (_, smooth), (ratio, sparse), reverse = worst("stingy_smooth"), worst("stingy"), at("reverse")
+                diverged = sum(at("stingy", r).mean is None for r in sweep["values"])
                 parts.append(
-                    f"{pair_teacher} -> {student}: scratch {_fmt(accuracy_of(results.scratch(arch)))}, "
-                    f"stingy-smooth at worst {_fmt(min(smooth, default=None))}, reverse {_fmt(at('reverse'))}, "
-                    f"stingy-sparse at worst {_fmt(sparse.get(worst) if worst is not None else None)} (r = {worst}), "
-                    f"{len(sweep['values']) - len(sparse)} of {len(sweep['values'])} sparse ratios diverged"
+                    f"{pair_teacher} -> {student}: scratch {_value(results.scratch(arch))}, "
+                    f"stingy-smooth at worst {_value(smooth)}, reverse {_value(reverse)}, "
+                    f"stingy-sparse at worst {_value(sparse)} (r = {ratio}){' (≈ reverse)' if within_spread(sparse, reverse) else ''}, "
+                    f"{diverged} of {len(sweep['values'])} sparse ratios diverged"
+                    + (f" (in every seed), {sum(bool(at('stingy', r).diverged) for r in sweep['values'])} in some seed" if results.seeds else "")
                 )
             out.append(f"(d, e) Sparse-ratio sweep{attacker}: " + "; ".join(parts) + ".")
         if temps:
@@ -171,7 +214,7 @@ def findings(results: Results) -> list[str]:
             for pair_teacher, student in temps["pairs"]:
                 arch = student_arch(student, pair_teacher)
                 values = [(t, results.kd(pair_teacher, arch, results.stingy(), t, grad_clip)) for t in temps["values"]]
-                parts.append(f"{pair_teacher} -> {student}: " + ", ".join(f"tau {t:g}: {_cell(row, None)}" for t, row in values))
+                parts.append(f"{pair_teacher} -> {student}: " + ", ".join(f"tau {t:g}: {_cell(cell, None)}" for t, cell in values))
             out.append(f"(e) Temperature sweep (stingy){attacker}: " + "; ".join(parts) + ".")
     return out
 
@@ -215,7 +258,7 @@ def paper_comparison(results: Results, paper: PaperTable) -> str:
             cells.append(_cell(results.kd(teacher, arch, smooth, results.tau, grad_clip), scratch))
             attacker = f"attacker clipping at {grad_clip:g}" if grad_clip else "the paper's attacker"
             what = f"ours, {teacher} teacher{' (self-KD)' if entry == 'self' else ''}, {attacker}"
-            lines.append(f"| {arch} | {what} | {_fmt(accuracy_of(results.scratch(arch)))} | " + " | ".join(cells) + " |")
+            lines.append(f"| {arch} | {what} | {_value(results.scratch(arch))} | " + " | ".join(cells) + " |")
     for student in paper.students:
         if student.label not in matched:
             lines += [paper_row(student), f"| {student.arch} | ours | not in this preset | | | | |"]
@@ -227,10 +270,23 @@ def baseline_warnings(results: Results) -> list[str]:
     classes = results.num_classes
     out = []
     for arch in dict.fromkeys(student_arch(s, t) for t in results.preset["teachers"] for s in results.preset["students"] if s != "self"):
-        value = accuracy_of(results.scratch(arch))
+        value = results.scratch(arch).mean
         if classes is not None and value is not None and results.baseline(arch) is None:
             out.append(baseline_warning(f"the scratch `{arch}` student", value, classes, REMEDY))
     return out
+
+
+def seeds_paragraph(results: Results) -> str:
+    """What a multi-seed folder's numbers are, and the spread rule (:mod:`training.reproduction.cells`)."""
+    seeds = results.seeds or []
+    return (
+        f"Seeds {', '.join(map(str, seeds))}: every student cell (scratch baselines included) was trained once per seed; "
+        "the seed sets the student's initialisation and data order. Teachers (normal and nasty) were trained once, on seed "
+        f"{results.preset['teacher_config']['seed']}: the attacker cannot retrain the victim. A cell shows mean ± sample standard "
+        "deviation (n = the runs that did not diverge) and how many of its runs diverged; a single run shows its plain number. "
+        "A difference of means is given ± its spread sqrt(std_a² + std_b²) and marked ≈ when it is not larger than that "
+        "spread: the seeds cannot tell the two cells apart. The stability table lists each collapsed run (each seed) on its own."
+    )
 
 
 def write_report(folder: Path) -> Path:
@@ -250,6 +306,8 @@ def write_report(folder: Path) -> Path:
         "the findings and the stability table); differences below -5 points in bold. A `least` run keeping N = 1 class "
         "releases the same top-1 logit as `stingy` at that ratio: it is one point, the stingy run's, in every table and figure.", "",
     ]
+    if results.seeds:
+        lines += [seeds_paragraph(results), ""]
     note = DATASETS[preset["dataset"]].note if preset["dataset"] in DATASETS else ""
     if note:
         lines += [f"**Data.** {note}", ""]

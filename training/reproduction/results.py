@@ -1,4 +1,7 @@
-"""Reading a benchmark folder back: the recorded preset and the results rows, with lookups by run fields."""
+"""Reading a benchmark folder back: the recorded preset and the results rows, with lookups by run fields.
+
+A student lookup returns a :class:`~training.reproduction.cells.Cell`: every run of that setting, one per seed
+(``stingy-bench run --seeds``). Teachers are trained once (on the preset's seed), so a teacher lookup is one row."""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from defense import make_policy
-from training.baseline import accuracy_of, baseline_learned
+from training.baseline import baseline_learned
+from training.reproduction.cells import Cell
 from training.io import read_json_lines
 
 RESULTS_FILE = "results.jsonl"
@@ -49,29 +53,39 @@ class Results:
     def teacher(self, name: str) -> dict[str, Any] | None:
         return next((r for r in self.rows if r["type"] == "teacher" and r["teacher"] == name), None)
 
-    def scratch(self, arch: str) -> dict[str, Any] | None:
-        return next((r for r in self.rows if r["type"] == "student" and r["teacher"] is None and r["student"] == arch), None)
+    def scratch(self, arch: str) -> Cell:
+        """The ``arch`` students trained from scratch (one per seed)."""
+        return Cell(tuple(r for r in self.rows if r["type"] == "student" and r["teacher"] is None and r["student"] == arch))
 
     @property
     def num_classes(self) -> int | None:
         """K, from the first finished teacher's class names (None before any teacher finished)."""
         return next((len(r["class_names"]) for r in self.rows if r["type"] == "teacher" and r.get("class_names")), None)
 
-    def baseline(self, arch: str) -> float | None:
-        """The scratch ``arch`` student's accuracy when it learned (:mod:`training.baseline`: at least chance + 10
-        points), else None: differences are measured only against a baseline that learned."""
-        accuracy = accuracy_of(self.scratch(arch))
+    def baseline(self, arch: str) -> Cell | None:
+        """The scratch ``arch`` students when they learned (:mod:`training.baseline`: their mean accuracy at least
+        chance + 10 points), else None: differences are measured only against a baseline that learned."""
+        cell = self.scratch(arch)
         classes = self.num_classes
-        return accuracy if classes is None or baseline_learned(accuracy, classes) else None
+        if cell.mean is None or (classes is not None and not baseline_learned(cell.mean, classes)):
+            return None
+        return cell
 
-    def kd(self, teacher: str, student: str, policy: dict[str, Any], tau: float, clip: float | None = None) -> dict[str, Any] | None:
-        """The distillation run with exactly these settings (``alpha`` is the preset's; ``policy`` as :meth:`same_policy`)."""
+    def kd(self, teacher: str, student: str, policy: dict[str, Any], tau: float, clip: float | None = None) -> Cell:
+        """The distillation runs with exactly these settings, one per seed (``alpha`` is the preset's; ``policy`` as
+        :meth:`same_policy`)."""
         policy = self.same_policy(policy)
-        for row in self.rows:
-            if (row["type"] == "student" and row["teacher"] == teacher and row["student"] == student and row["policy"] == policy
-                    and row["tau"] == tau and row["grad_clip"] == clip):
-                return row
-        return None
+        return Cell(tuple(
+            row for row in self.rows
+            if row["type"] == "student" and row["teacher"] == teacher and row["student"] == student and row["policy"] == policy
+            and row["tau"] == tau and row["grad_clip"] == clip
+        ))
+
+    @property
+    def seeds(self) -> list[int] | None:
+        """The students' seeds (``--seeds``), or None when the folder was run without them (one run per cell)."""
+        seeds = self.preset.get("seeds")
+        return list(seeds) if seeds else None
 
     @property
     def sparse_ratio(self) -> float:

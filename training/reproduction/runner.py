@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +60,11 @@ class BenchmarkRunner:
             "nasty_tau": run.nasty.tau if run.nasty else None, "nasty_omega": run.nasty.omega if run.nasty else None,
             "accuracy": {"normal": accuracy(logits, self.test.labels), "stingy": accuracy(logits, self.test.labels, stingy)},
             "sample_logits": logits[:SAMPLE_IMAGES].tolist(), "sample_labels": self.test.labels[:SAMPLE_IMAGES].tolist(),
-            "class_names": list(card.class_names), **_result_fields(result),
+            "class_names": list(card.class_names), "seed": run.config.seed, **_result_fields(result),
         }
 
     def _student(self, run: StudentRun) -> dict[str, Any]:
-        config = replace(run.config, grad_clip=run.grad_clip)
+        config = run.train_config
         objective: Objective = CrossEntropy()
         source = run.source
         if source is not None:
@@ -79,7 +78,7 @@ class BenchmarkRunner:
         return {
             "type": "student", "student": run.arch, "teacher": source.teacher if source else None,
             "policy": source.policy_config if source else None, "tau": source.tau if source else None,
-            "alpha": source.alpha if source else None, "grad_clip": run.grad_clip, **_result_fields(result),
+            "alpha": source.alpha if source else None, "grad_clip": run.grad_clip, "seed": config.seed, **_result_fields(result),
         }
 
     def _train(self, arch: str, objective: Objective, config: TrainConfig, run: Run, checkpoint: str) -> FitResult:
@@ -121,7 +120,9 @@ def machine(device: torch.device) -> dict[str, Any]:
 
 
 def prepare_folder(preset: Preset, out: Path) -> None:
-    """Record the preset in ``out``; refuse a folder that holds results of a different preset definition."""
+    """Record the preset in ``out``; refuse a folder that holds results of a different preset definition. Seeds
+    may be added to a folder run with seeds (its ``seeds`` becomes the union, so a report covers every seed run),
+    never to one run without them (its keys carry no seed) nor taken away from one run with them."""
     out.mkdir(parents=True, exist_ok=True)
     recorded = out / PRESET_FILE
     document = json.loads(json.dumps(preset.to_json()))
@@ -129,9 +130,15 @@ def prepare_folder(preset: Preset, out: Path) -> None:
         existing = json.loads(recorded.read_text())
         if existing.get("name") != preset.name:
             raise BenchmarkError(f"{out} holds a run of preset {existing.get('name')!r}, not {preset.name!r}; use another --out")
-        if existing != document:
+        had, has = existing.get("seeds"), document.get("seeds")
+        if bool(had) != bool(has):
+            state = f"with --seeds {' '.join(map(str, had))}" if had else "without --seeds"
+            raise BenchmarkError(f"{out} holds runs made {state}; run the same way or use another --out")
+        if {**existing, "seeds": None} != {**document, "seeds": None}:
             raise BenchmarkError(f"{out} holds results of a different definition of preset {preset.name!r}; use another --out")
-        return
+        if not had or set(has) <= set(had):
+            return
+        document["seeds"] = list(dict.fromkeys([*had, *has]))
     atomic_write_json(recorded, document)
 
 
