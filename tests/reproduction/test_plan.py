@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from training.reproduction.plan import StudentRun, TeacherRun, plan
+from training.reproduction.plan import StudentRun, TeacherRun, plan, select
 from training.reproduction.presets import PRESETS
 
 
@@ -111,3 +111,30 @@ def test_seeds_repeat_every_student_run_and_train_teachers_once() -> None:
 def test_seeds_must_be_distinct_and_non_negative(seeds: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match="seeds must be distinct non-negative integers"):
         replace(PRESETS["smoke"], seeds=seeds)
+def test_only_keeps_the_matching_runs_and_the_teachers_they_need_in_plan_order() -> None:
+    runs = plan(PRESETS["fmnist-cpu"])
+    chosen = select(runs, ["kd/cnn_small-nasty/mlp/*"])
+    keys = [run.key for run in chosen]
+    assert keys == [run.key for run in runs if run.key in set(keys)], "plan order kept"
+    # the Nasty Teacher's students need it, and it needs the normal teacher: both come along, nothing else
+    assert keys == ["teacher/cnn_small", "teacher/cnn_small-nasty",
+                    "kd/cnn_small-nasty/mlp/normal/tau=20/alpha=0.9/clip=none",
+                    "kd/cnn_small-nasty/mlp/normal/tau=20/alpha=0.9/clip=5"]
+    assert [run.key for run in select(runs, ["scratch/mlp"])] == ["scratch/mlp"]
+
+
+def test_only_refuses_a_pattern_that_matches_nothing() -> None:
+    with pytest.raises(ValueError, match="'kd/typo\\*'"):
+        select(plan(PRESETS["smoke"]), ["scratch/*", "kd/typo*"])
+
+
+def test_run_list_prints_the_selected_keys_and_trains_nothing(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.reproduction.cli import main
+
+    out = tmp_path / "bench"
+    assert main(["run", "--preset", "smoke", "--out", str(out), "--only", "kd/*/mlp/stingy*", "--list"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert listed and all(key.startswith("teacher/") or "/mlp/stingy" in key for key in listed)
+    assert not out.exists()
+    assert main(["run", "--preset", "smoke", "--out", str(out), "--only", "nothing-like-this"]) == 2
+    assert "no run of this plan matches 'nothing-like-this'" in capsys.readouterr().err

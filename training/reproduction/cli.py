@@ -8,6 +8,7 @@
     stingy-bench report runs/bench/fmnist-cpu       (or: stingy-bench report --out runs/bench/fmnist-cpu)
     stingy-bench nasty-search --preset fmnist-cpu --omega 0.04 0.1 --tau 4 20 --students mlp lenet5 --out runs/nasty
     stingy-bench run --preset fmnist-cpu --nasty-from runs/nasty/pick.json --out runs/bench/fmnist-tuned
+    stingy-bench run --preset fmnist-cpu --only 'kd/*/mlp/*' --list --out runs/bench/fmnist-cpu   (which runs; add no --list to run them)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from training.devices import resolve_device
 from training.models import list_models
 from training.reproduction.nasty_pick import load_pick
 from training.reproduction.nasty_search import PICK_FILE, SEARCH_REPORT, Search, grid, run_search
-from training.reproduction.plan import plan
+from training.reproduction.plan import Run, plan, select
 from training.reproduction.presets import PRESETS, Preset
 from training.reproduction.report import write_report
 from training.reproduction.results import BenchmarkError
@@ -68,13 +69,28 @@ def _nasty_override(args: argparse.Namespace, preset: Preset) -> Preset:
         raise UsageError(str(error)) from error
 
 
+def _selected(args: argparse.Namespace, preset: Preset) -> list[Run]:
+    """The preset's runs, narrowed by ``--only`` to the matching keys and the teachers they need."""
+    runs = plan(preset)
+    if not args.only:
+        return runs
+    try:
+        return select(runs, args.only)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     preset = _nasty_override(args, _preset(args))
     if args.seeds:
         if len(set(args.seeds)) != len(args.seeds):
             raise BenchmarkError(f"--seeds lists a seed twice: {' '.join(map(str, args.seeds))}")
         preset = replace(preset, seeds=tuple(args.seeds))
-    run_benchmark(preset, args.out, args.data_root, args.download, **_executor(args))
+    runs = _selected(args, preset)
+    if args.list:
+        print("\n".join(run.key for run in runs))
+        return 0
+    run_benchmark(preset, args.out, args.data_root, args.download, runs=runs, **_executor(args))
     print(f"report: {write_report(args.out)}")
     return 0
 
@@ -122,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     nasty.add_argument("--nasty-from", type=Path, metavar="PICK", help="the setting picked by `stingy-bench nasty-search` (its pick.json)")
     nasty.add_argument("--nasty-omega", type=float, metavar="W", help="adversarial weight omega")
     nasty.add_argument("--nasty-tau", type=float, metavar="T", help="adversarial temperature tau_A")
+    which = run.add_argument_group("which runs (default: all of the preset's)")
+    which.add_argument("--only", nargs="+", metavar="PATTERN",
+                       help="only the runs whose key matches one of these shell patterns (e.g. 'kd/*/mlp/*'), and the teachers "
+                            "they need; the report covers what the folder holds")
+    which.add_argument("--list", action="store_true", help="print the keys of the runs that would run, and exit")
     run.set_defaults(handler=cmd_run)
     search = commands.add_parser("nasty-search", help="tune the Nasty Teacher's omega and tau_A on a preset's data",
                                  description="One Nasty Teacher per (omega, tau_A), each student distilled from it by normal KD "

@@ -10,7 +10,9 @@ seeds keys carry no suffix, so folders run before seeds existed resume as they w
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from fnmatch import fnmatchcase
 from typing import Any
 
 from defense import make_policy
@@ -90,6 +92,26 @@ def needs(run: Run) -> str | None:
     if isinstance(run, TeacherRun):
         return f"teacher/{run.arch}" if run.nasty else None
     return f"teacher/{run.source.teacher}" if run.source else None
+
+
+def select(runs: Sequence[Run], patterns: Sequence[str]) -> list[Run]:
+    """The runs whose key matches one of the shell-style ``patterns`` (:func:`fnmatch.fnmatchcase`, ``*`` also
+    crossing ``/``), and every run they need, transitively (a distilled student's teacher, a Nasty Teacher's
+    normal teacher), in the order of ``runs``. A pattern that matches no run is an error: a typo would
+    otherwise select nothing and say nothing."""
+    by_key = {run.key: run for run in runs}
+    unmatched = [pattern for pattern in patterns if not any(fnmatchcase(key, pattern) for key in by_key)]
+    if unmatched:
+        raise ValueError(f"no run of this plan matches {', '.join(repr(p) for p in unmatched)} "
+                         f"(keys look like {next(iter(by_key), 'teacher/ARCH')!r}; `stingy-bench run --list` prints them)")
+    chosen = {key for key in by_key if any(fnmatchcase(key, pattern) for pattern in patterns)}
+    waiting = list(chosen)
+    while waiting:
+        needed = needs(by_key[waiting.pop()])
+        if needed is not None and needed not in chosen:
+            chosen.add(needed)
+            waiting.append(needed)
+    return [run for run in runs if run.key in chosen]
 
 
 def slug(key: str) -> str:
