@@ -67,6 +67,14 @@ def test_self_kd_deltas_are_against_the_scratch_student_everywhere(tmp_path: Pat
     assert "| 85.85 | -5.09 |" in stability_table(results)
 
 
+def test_top_vs_least_is_compared_where_they_differ(tmp_path: Path) -> None:
+    """Claim (e)'s comparison at every swept ratio but r = 0.1 (N = 1: one policy), counterexamples included."""
+    text = " ".join(findings(_recorded(tmp_path)))
+    assert ("(e) Top vs least logits, the paper's attacker: cnn_small -> mlp: r = 0.2: top 10.00 vs least 10.00, "
+            "r = 0.3: top 79.90 vs least 82.49,") in text
+    assert "cnn_small -> lenet5: r = 0.2: top 83.36 vs least 84.50," in text and "r = 0.1: top" not in text
+
+
 def test_least_keeping_one_class_is_the_stingy_point(tmp_path: Path) -> None:
     """With K = 10, least at r = 0.1 keeps N = 1 (the top-1 logit), as stingy at r = 0.1 does: one row, looked up as
     the stingy run; least at r = 0.2 (N = 2) stays its own point."""
@@ -110,6 +118,8 @@ def test_seeds_show_mean_and_std_and_mark_differences_within_the_spread(tmp_path
     assert "attacker clipping at 5 (points): mlp: -3.86 ± 4.00 ≈, lenet5: -3.38 ± 4.00 ≈, self: -7.43 ± 4.00." in text
     assert "mlp: nasty 85.71 ± 2.83 (n=2) vs stingy 10.00 ± 2.83 (n=2)" in text
     assert "mlp (clip 5): nasty 85.55 ± 2.83 (n=2) ≈ stingy 83.21 ± 2.83 (n=2)" in text
+    assert "cnn_small -> mlp: r = 0.2: top 83.21 ± 2.83 (n=2) ≈ least 82.94 ± 2.83 (n=2)" in text  # 0.27 apart
+    assert "r = 0.8: top 84.91 ± 2.83 (n=2) vs least 77.28 ± 2.83 (n=2)" in text  # 7.63 apart: more than the spread 4.00
     stability = stability_table(results)
     for seed, delta in ((0, "-9.17"), (1, "-5.17")):  # one collapse rule, per run: 79.90 -+ 2 against the scratch mean 87.07
         key = f"kd/cnn_small/mlp/stingy(sparse_ratio=0.3)/tau=20/alpha=0.9/clip=none/seed={seed}"

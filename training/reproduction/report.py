@@ -209,6 +209,9 @@ def findings(results: Results) -> list[str]:
                     + (f" (in every seed), {sum(bool(at('stingy', r).diverged) for r in sweep['values'])} in some seed" if results.seeds else "")
                 )
             out.append(f"(d, e) Sparse-ratio sweep{attacker}: " + "; ".join(parts) + ".")
+            if "least" in results.preset.get("ratio_policies", ()):
+                out.append(f"(e) Top vs least logits{attacker}: " + "; ".join(
+                    top_vs_least(results, pair_teacher, student, grad_clip) for pair_teacher, student in sweep["pairs"]) + ".")
         if temps:
             parts = []
             for pair_teacher, student in temps["pairs"]:
@@ -263,6 +266,20 @@ def paper_comparison(results: Results, paper: PaperTable) -> str:
         if student.label not in matched:
             lines += [paper_row(student), f"| {student.arch} | ours | not in this preset | | | | |"]
     return "\n".join(lines)
+
+
+def top_vs_least(results: Results, teacher: str, student: str, grad_clip: float | None) -> str:
+    """Stingy (top-N) against least-N at each swept ratio where they differ (N = 1 is one policy), ``≈`` between
+    them when the difference is within the spread."""
+    arch = student_arch(student, teacher)
+    parts = []
+    for ratio in results.preset["ratio_sweep"]["values"]:
+        least = {"name": "least", "sparse_ratio": ratio}
+        if results.same_policy(least)["name"] != "least":
+            continue
+        top, bottom = (results.kd(teacher, arch, policy, results.tau, grad_clip) for policy in (results.stingy(ratio), least))
+        parts.append(f"r = {ratio:g}: top {_cell(top, None)} {'≈' if within_spread(top, bottom) else 'vs'} least {_cell(bottom, None)}")
+    return f"{teacher} -> {student}: " + ", ".join(parts)
 
 
 def baseline_warnings(results: Results) -> list[str]:
