@@ -46,6 +46,14 @@ def test_no_difference_is_reported_against_a_baseline_near_chance(tmp_path: Path
     assert "lenet5" in stability_table(results)  # the other students are judged as before
 
 
+def test_a_cell_not_run_is_not_called_near_chance(tmp_path: Path) -> None:
+    """A folder where the stingy mlp cell was not run (e.g. `run --only` left it out) reports nothing for it."""
+    results = _recorded(tmp_path)
+    rows = [r for r in results.rows if not (r.get("student") == "mlp" and r.get("policy") == results.stingy())]
+    text = " ".join(findings(Results(results.preset, rows)))
+    assert "(points): lenet5: diverged (step 93), self: -5.09." in text and "near chance" not in text
+
+
 def test_report_takes_the_folder_either_way(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     """``stingy-bench report DIR`` and ``stingy-bench report --out DIR`` (as ``stingy-attack report``)."""
     from training.reproduction.cli import main

@@ -165,7 +165,7 @@ def findings(results: Results) -> list[str]:
                 deltas.append(f"{student}: {_diverged(stingy)}")
             elif scratch is not None and stingy.mean is not None:
                 deltas.append(f"{student}: {_difference(stingy, scratch)}" + (f" [{_diverged(stingy)}]" if stingy.diverged else ""))
-            elif results.scratch(arch).mean is not None:
+            elif stingy and results.scratch(arch).mean is not None:  # a cell not run (e.g. left out by --only) says nothing
                 deltas.append(f"{student}: not measured (scratch baseline near chance)")
         attacker = f"attacker clipping at {grad_clip:g}" if grad_clip else "the paper's attacker"
         if deltas:
