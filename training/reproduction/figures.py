@@ -3,7 +3,8 @@
 Fig. 2 sparse-ratio sweep, Fig. 3 accuracy over epochs, Fig. 4 logit visualisation at tau = 4, Fig. 5 top vs
 least logits, Fig. 6 temperature sweep. A point is a cell's mean accuracy over its seeds, with error bars (the
 sample standard deviation) when it has several runs; a cell whose every run diverged is drawn as a red cross on
-the x axis, never as a low accuracy.
+the x axis, never as a low accuracy, and a cell where only some seeds diverged gets a red plus there (its mean is
+over the others).
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def _curve(ax: Axes, xs: Sequence[float], cells: Sequence[Cell], label: str, sty
     diverged = [x for x, cell in points if cell.mean is None]
     if diverged:  # at the bottom of the axes, whatever its limits
         ax.plot(diverged, [0.03] * len(diverged), "rx", markersize=9, transform=ax.get_xaxis_transform(), label=f"{label}: diverged")
+    partly = [x for x, cell in points if cell.mean is not None and cell.diverged]
+    if partly:  # the mean is over the seeds that did not diverge: say that some did
+        ax.plot(partly, [0.03] * len(partly), "r+", markersize=9, transform=ax.get_xaxis_transform(), label=f"{label}: some seeds diverged")
 
 
 def _level(ax: Axes, cell: Cell, label: str, style: str, color: str | None = None) -> None:
