@@ -30,6 +30,7 @@ from torch import Tensor
 from defense import SparseLogits
 
 BatchObserver = Callable[[int, float], None]  # (images in the pass, seconds it took)
+QueueObserver = Callable[[int], None]  # (images waiting)
 
 
 @dataclass
@@ -59,12 +60,14 @@ class DynamicBatcher:
 
     ``forward`` maps a list of ``[B_i, ...]`` tensors to :class:`SparseLogits` with ``sum B_i`` rows, in order.
     With ``merge=False`` every request is its own forward pass (batching off). ``max_queue_images`` bounds the
-    images waiting (``None``: unbounded). ``observe`` is called on the worker thread after each pass.
+    images waiting (``None``: unbounded). ``observe`` is called on the worker thread after each pass, and
+    ``observe_queue`` with :attr:`queued_images` each time that changes (with the queue's lock held, so the
+    calls come in the order of the changes).
     """
 
     def __init__(
         self, forward: Callable[[list[Tensor]], SparseLogits], *, max_batch_size: int, max_delay_s: float, merge: bool = True,
-        max_queue_images: int | None = None, observe: BatchObserver | None = None,
+        max_queue_images: int | None = None, observe: BatchObserver | None = None, observe_queue: QueueObserver = lambda images: None,
     ) -> None:
         self._forward = forward
         self.max_batch_size = max_batch_size
@@ -72,6 +75,7 @@ class DynamicBatcher:
         self.merge = merge
         self.max_queue_images = max_queue_images
         self._observe = observe
+        self._observe_queue = observe_queue
         self._jobs: deque[_Job] = deque()
         self._queued_images = 0
         self._changed = threading.Condition()
@@ -124,6 +128,7 @@ class DynamicBatcher:
             job = _Job(images, self._loop.create_future())
             self._jobs.append(job)
             self._queued_images += count
+            self._observe_queue(self._queued_images)
             if self._worker_idle or (self._worker_filling and self._queued_images >= self.max_batch_size):
                 self._changed.notify()
         return await job.future
@@ -163,6 +168,7 @@ class DynamicBatcher:
             jobs.append(self._jobs.popleft())
             size += len(jobs[-1])
         self._queued_images -= size
+        self._observe_queue(self._queued_images)
         return jobs
 
     def _execute(self, jobs: list[_Job]) -> None:

@@ -31,7 +31,7 @@ from app.errors import describe_validation_errors
 from app.listen import ListenError, check_can_listen
 from app.main import create_app
 from app.settings import ServeSettings
-from app.workers import arguments_from_parent, run_workers, share_cpu, share_with_workers
+from app.workers import arguments_from_parent, metrics_dir_from_parent, run_workers, share_cpu, share_with_workers
 from training.checkpoint import load_checkpoint
 from training.console import ErrorExit, UsageError, add_policy_options, policy_flags, run_command
 
@@ -140,12 +140,13 @@ def serve(args: argparse.Namespace) -> int:
 
 def worker_app() -> FastAPI:
     """The app of one ``--workers`` process (uvicorn calls it in each worker): the parent's settings, checked
-    there already, and this worker's share of the CPU unless ``--torch-threads`` says otherwise."""
+    there already, this worker's share of the CPU unless ``--torch-threads`` says otherwise, and ``/metrics``
+    summed over the workers."""
     settings = settings_from_args(argparse.Namespace(**arguments_from_parent()))
     if settings.torch_threads is None:
         share_cpu(settings.workers)
     configure_logging(settings)
-    return create_app(settings)
+    return create_app(settings, metrics_dir_from_parent())
 
 
 def configure_logging(settings: ServeSettings) -> None:

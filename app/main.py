@@ -43,9 +43,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.stop()
 
 
-def create_app(settings: ServeSettings) -> FastAPI:
-    """A FastAPI app serving ``settings.checkpoint``; the model loads when the app's lifespan starts."""
-    service = Service(settings)
+def create_app(settings: ServeSettings, metrics_dir: str | None = None) -> FastAPI:
+    """A FastAPI app serving ``settings.checkpoint``; the model loads when the app's lifespan starts.
+    ``metrics_dir``: in a worker of ``--workers N``, where ``/metrics`` sums every worker's metrics."""
+    service = Service(settings, metrics_dir)
     app = FastAPI(title="stingy-teacher", version=v2.server_version(), description=DESCRIPTION, lifespan=lifespan)
     app.state.service = service
     install_error_handlers(app)

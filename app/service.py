@@ -43,8 +43,10 @@ class Inference:
 class Service:
     """Holds every component of a server; :meth:`start` and :meth:`stop` run in the app's lifespan."""
 
-    def __init__(self, settings: ServeSettings) -> None:
+    def __init__(self, settings: ServeSettings, metrics_dir: str | None = None) -> None:
         """Check the key configuration and set up metrics and the access log; nothing is loaded yet.
+        ``metrics_dir``: in a worker of ``--workers N``, the directory where the workers' metrics are summed
+        (see :class:`ServiceMetrics`).
 
         Raises ``ValueError`` for a bad key configuration, and when no key is configured while ``settings.host``
         can be reached from other machines, unless ``settings.allow_anonymous`` says the owner wants an open server.
@@ -67,7 +69,7 @@ class Service:
         self.limits = InputLimits(settings.max_images_per_request, settings.max_image_pixels)
         self.key_bucket = TokenBucket.per_second("key", settings.rate_limit, settings.rate_burst) if settings.rate_limit else None
         self.auth_failure_bucket = TokenBucket.per_second("auth-failure", settings.auth_failure_rate, settings.auth_failure_burst)
-        self.metrics = ServiceMetrics(settings.max_batch_size, lambda: self.batcher.queued_images if self.batcher else 0)
+        self.metrics = ServiceMetrics(settings.max_batch_size, metrics_dir)
         self.access_log = AccessLog(settings.access_log)
         self.state: StateStore | None = None
         self.budget: Budget | None = None
@@ -104,7 +106,8 @@ class Service:
         self._announce_policy(runner.policy)
         self.batcher = DynamicBatcher(self.runner.forward, max_batch_size=settings.max_batch_size,
                                       max_delay_s=settings.max_delay_ms / 1000.0, merge=settings.batching,
-                                      max_queue_images=settings.max_queue_images, observe=self.metrics.observe_batch)
+                                      max_queue_images=settings.max_queue_images, observe=self.metrics.observe_batch,
+                                      observe_queue=self.metrics.queue_depth.set)
         self.batcher.start()
         self._warmup = asyncio.get_running_loop().create_task(self._warm_up(), name="stingy-warmup")
 

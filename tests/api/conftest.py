@@ -4,6 +4,7 @@ through httpx's ASGI transport) and an in-process reference of what the teacher 
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -119,3 +120,11 @@ def stingy_app(tiny_teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def random_images(count: int, seed: int, shape: tuple[int, ...] = (1, 28, 28)) -> torch.Tensor:
     """Seeded uint8 images ``[count, *shape]``."""
     return torch.randint(0, 256, (count, *shape), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    """Poll ``condition`` every 50 ms until it holds; fail with ``what`` after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)

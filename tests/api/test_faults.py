@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from app.launch import RedisServer, ServerProcess, redis_server_available, running_server
-from tests.api.conftest import random_images
+from tests.api.conftest import random_images, wait_for
 
 SECRET, METRICS_SECRET = "fault-secret-1", "fault-metrics-2"
 AUTH = {"Authorization": f"Bearer {SECRET}"}
@@ -22,13 +22,6 @@ KEYS = {"STINGY_API_KEYS": f"alice:{SECRET}", "STINGY_METRICS_KEY": METRICS_SECR
 
 def _predict(url: str, count: int, seed: int, timeout: float = 30.0) -> httpx.Response:
     return httpx.post(url + "/v1/predict", json={"pixels": random_images(count, seed).tolist()}, headers=AUTH, timeout=timeout)
-
-
-def _wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 def _queued_images(server: ServerProcess) -> float:
@@ -77,7 +70,7 @@ def test_a_key_pays_for_the_images_it_was_answered_even_across_a_kill_9(tiny_tea
         askers = [threading.Thread(target=ask, args=(seed,)) for seed in range(3)]
         for asker in askers:
             asker.start()
-        _wait_for(lambda: _queued_images(server) == 3.0, 20, "the three single images never reached the batcher")
+        wait_for(lambda: _queued_images(server) == 3.0, 20, "the three single images never reached the batcher")
         server.process.kill()
         server.process.wait(10)
         for asker in askers:
