@@ -152,3 +152,17 @@ def test_unseeded_report_renders_as_committed(tmp_path: Path) -> None:
 
     _recorded(tmp_path)
     assert write_report(tmp_path).read_text() == (RECORDED / "report.md").read_text()
+
+
+def test_the_committed_three_seed_report_is_what_its_results_render(tmp_path: Path) -> None:
+    """docs/results/fmnist-seeds (the README's claims): its report.md is what the current code renders from its
+    results.jsonl, preset.json and notes.md (re-render after an intended change: ``stingy-bench report
+    docs/results/fmnist-seeds``)."""
+    import shutil
+
+    from training.reproduction.report import write_report
+
+    seeded = RECORDED.parent / "fmnist-seeds"
+    for name in ("results.jsonl", "preset.json", "notes.md"):
+        shutil.copy(seeded / name, tmp_path / name)
+    assert write_report(tmp_path).read_text() == (seeded / "report.md").read_text()
