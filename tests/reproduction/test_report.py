@@ -151,6 +151,7 @@ def test_unseeded_report_renders_as_committed(tmp_path: Path) -> None:
     from training.reproduction.report import write_report
 
     _recorded(tmp_path)
+    shutil.copy(RECORDED / "notes.md", tmp_path / "notes.md")
     assert write_report(tmp_path).read_text() == (RECORDED / "report.md").read_text()
 
 
