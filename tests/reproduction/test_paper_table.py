@@ -60,4 +60,15 @@ def test_report_says_the_data_is_jpeg_and_holds_the_notes(tmp_path: Path) -> Non
     report = write_report(folder).read_text()
     assert "re-encoded as JPEG files" in report and "Hand-written summary." in report
     assert "## Beside the paper's Table 1" in report
+    # a run not finished yet is not counted as diverged
+    assert "resnetc20 -> self: scratch 75.00, stingy-smooth at worst -, reverse -, stingy-sparse at worst -, 0 of 1 sparse ratios diverged, 1 not run." in report
     assert report.index("Hand-written summary.") < report.index("## Beside the paper's Table 1") < report.index("## Teacher resnetc20")
+
+
+def test_the_committed_cifar10_cpu_report_is_what_its_results_render(tmp_path: Path) -> None:
+    """docs/results/cifar10-cpu: report.md is what the current code renders from its results.jsonl, preset.json
+    and notes.md (re-render after an intended change: ``stingy-bench report docs/results/cifar10-cpu``)."""
+    committed = Path(__file__).resolve().parents[2] / "docs" / "results" / "cifar10-cpu"
+    for name in (RESULTS_FILE, PRESET_FILE, NOTES_FILE):
+        (tmp_path / name).write_bytes((committed / name).read_bytes())
+    assert write_report(tmp_path).read_text() == (committed / "report.md").read_text()

@@ -200,12 +200,15 @@ def findings(results: Results) -> list[str]:
                     return min(((r, c) for r, c in cells if c.mean is not None), key=lambda rc: rc[1].mean, default=(None, Cell()))
 
                 (_, smooth), (ratio, sparse), reverse = worst("stingy_smooth"), worst("stingy"), at("reverse")
-                diverged = sum(at("stingy", r).mean is None for r in sweep["values"])
+                sparse_cells = [at("stingy", r) for r in sweep["values"]]
+                diverged = sum(bool(cell) and cell.mean is None for cell in sparse_cells)  # a run not (yet) run did not diverge
+                missing = sum(not cell for cell in sparse_cells)
                 parts.append(
                     f"{pair_teacher} -> {student}: scratch {_value(results.scratch(arch))}, "
                     f"stingy-smooth at worst {_value(smooth)}, reverse {_value(reverse)}, "
-                    f"stingy-sparse at worst {_value(sparse)} (r = {ratio}){' (≈ reverse)' if within_spread(sparse, reverse) else ''}, "
-                    f"{diverged} of {len(sweep['values'])} sparse ratios diverged"
+                    f"stingy-sparse at worst {_value(sparse)}{f' (r = {ratio})' if ratio is not None else ''}"
+                    f"{' (≈ reverse)' if within_spread(sparse, reverse) else ''}, "
+                    f"{diverged} of {len(sweep['values'])} sparse ratios diverged{f', {missing} not run' if missing else ''}"
                     + (f" (in every seed), {sum(bool(at('stingy', r).diverged) for r in sweep['values'])} in some seed" if results.seeds else "")
                 )
             out.append(f"(d, e) Sparse-ratio sweep{attacker}: " + "; ".join(parts) + ".")
