@@ -168,8 +168,14 @@ def _workers(pid: int) -> list[int]:
 
 
 def _sockets(pid: int) -> int:
-    """How many sockets ``pid`` has open."""
-    return sum(1 for fd in Path(f"/proc/{pid}/fd").iterdir() if fd.readlink().name.startswith("socket:"))
+    """How many sockets ``pid`` has open (a descriptor closed while we look is not counted)."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += fd.readlink().name.startswith("socket:")
+        except FileNotFoundError:
+            continue
+    return count
 
 
 @dataclass
