@@ -70,6 +70,18 @@ def test_reduced_preset_holds_every_experiment_type() -> None:
             assert key.rsplit("/", 1)[0] + "/clip=none" in keys and key.rsplit("/", 1)[0] + "/clip=5" in keys, key
 
 
+def test_least_keeping_one_class_is_not_trained_twice() -> None:
+    """K = 10: least at r = 0.1 keeps N = 1 class, the top-1 logit stingy at r = 0.1 keeps, so the plan holds only
+    the stingy run (the report looks the least point up there); least at r = 0.2 (N = 2) is its own run. With K =
+    100 least at r = 0.05 keeps N = 5 and is planned."""
+    keys = {run.key for run in plan(PRESETS["fmnist-cpu"])}
+    for clip in ("none", "5"):
+        assert f"kd/cnn_small/mlp/stingy(sparse_ratio=0.1)/tau=20/alpha=0.9/clip={clip}" in keys
+        assert f"kd/cnn_small/mlp/least(sparse_ratio=0.1)/tau=20/alpha=0.9/clip={clip}" not in keys
+        assert f"kd/cnn_small/mlp/least(sparse_ratio=0.2)/tau=20/alpha=0.9/clip={clip}" in keys
+    assert "kd/resnet18/mobilenetv2/least(sparse_ratio=0.05)/tau=20/alpha=0.9/clip=none" in {run.key for run in plan(PRESETS["paper-cifar100"])}
+
+
 def test_scaled_preset_caps_epochs() -> None:
     scaled = PRESETS["paper-cifar10"].scaled(max_epochs=1, train_subset=10)
     assert scaled.teacher_config.epochs == scaled.student_config.epochs == scaled.nasty.config.epochs == 1

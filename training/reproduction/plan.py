@@ -17,8 +17,9 @@ from typing import Any
 
 from defense import make_policy
 from training.reproduction.presets import NastySettings, Preset
-from training.reproduction.results import student_arch
+from training.data.registry import known_num_classes
 from training.engine import TrainConfig
+from training.reproduction.results import releases_as_stingy, student_arch
 
 @dataclass(frozen=True)
 class TeacherRun:
@@ -153,6 +154,11 @@ def plan(preset: Preset) -> list[Run]:
         for clip in (None, preset.clip_norm) if preset.clip_norm else (None,):
             add(distil(preset, teacher, arch, policy, tau, clip))
 
+    def same_as_stingy(name: str, ratio: float) -> bool:
+        """A swept policy that releases what the stingy run at its ratio releases is that run (one point)."""
+        classes = known_num_classes(preset.dataset, preset.data_options)
+        return "stingy" in preset.ratio_policies and classes is not None and releases_as_stingy(name, {"sparse_ratio": ratio}, classes)
+
     stingy = policy_items("stingy", sparse_ratio=preset.sparse_ratio)
     normal = policy_items("normal")
     for arch in preset.teachers:
@@ -177,7 +183,8 @@ def plan(preset: Preset) -> list[Run]:
             kd(arch, target, normal, preset.tau)
             for ratio in preset.ratio_sweep.values:
                 for name in preset.ratio_policies:
-                    kd(arch, target, policy_items(name, sparse_ratio=ratio), preset.tau)
+                    if not same_as_stingy(name, ratio):
+                        kd(arch, target, policy_items(name, sparse_ratio=ratio), preset.tau)
             if preset.reverse:
                 kd(arch, target, policy_items("reverse"), preset.tau)
     if preset.temperature_sweep:

@@ -23,6 +23,12 @@ class BenchmarkError(Exception):
     """A benchmark folder or preset problem the user must fix (printed as one line)."""
 
 
+def releases_as_stingy(name: str, params: dict[str, Any], num_classes: int) -> bool:
+    """Whether policy ``name(**params)`` releases exactly what ``stingy`` with the same ``params`` releases for
+    ``K = num_classes``: ``least`` keeping ``N = max(1, round(r K)) = 1`` class keeps the top-1 logit too."""
+    return name == "least" and make_policy(name, **params).keep_count(num_classes) == 1
+
+
 @dataclass(frozen=True)
 class Results:
     """The preset document and every finished run of one benchmark folder, one row per distinct policy: a
@@ -46,7 +52,7 @@ class Results:
         (``N = max(1, round(r K))``) is stingy at that ratio. K is known once a teacher finished."""
         classes = self.num_classes
         params = {k: v for k, v in policy.items() if k != "name"}
-        if policy.get("name") == "least" and classes is not None and make_policy("least", **params).keep_count(classes) == 1:
+        if classes is not None and releases_as_stingy(str(policy.get("name")), params, classes):
             return {**policy, "name": "stingy"}
         return policy
 
