@@ -77,3 +77,50 @@ def test_server_cpu_counts_the_processes_below_the_server_too() -> None:
         assert process_cpu_seconds(parent.pid) >= 0.5
     finally:
         parent.communicate(b"", timeout=30)
+
+
+def _rows(rates: dict[int, float]) -> list[serving.Row]:
+    return [serving.Row("cnn", "v2-json", 1, clients, 1, 1, 0, rate, 1.0, 2.0, 1.0, 1.0, 0.1, 0.5, 0.5) for clients, rate in rates.items()]
+
+
+@pytest.mark.parametrize(("rates", "drop"), [
+    ({1: 100.0, 8: 400.0, 32: 800.0}, 0.0),  # rises throughout
+    ({8: 400.0, 32: 1000.0, 64: 950.0, 128: 700.0}, 0.3),  # against the best at fewer clients, not the neighbour
+    ({128: 700.0, 8: 400.0, 32: 1000.0}, 0.3),  # order of the rows does not matter
+    ({8: 400.0}, None),  # one client count: nothing to compare
+])
+def test_worst_drop_is_the_largest_fall_below_the_best_at_fewer_clients(rates: dict[int, float], drop: float | None) -> None:
+    assert serving.worst_drop(_rows(rates)) == (None if drop is None else pytest.approx(drop))
+
+
+def test_throughput_holds_within_the_tolerance_only() -> None:
+    ceiling = serving.Ceiling({32: 1000.0, 256: 2000.0}, {32: 500.0, 256: 1000.0}, 32, 10.0, 0.1)
+
+    def held(last: float) -> bool:
+        [target] = [t for t in serving.targets("cnn", ceiling, _rows({8: 400.0, 32: 1000.0, 64: last})) if "holds" in str(t["target"])]
+        return bool(target["met"])
+
+    assert held(1000.0 * (1 - serving.HOLD_TOLERANCE)) and not held(1000.0 * (1 - serving.HOLD_TOLERANCE) - 1)
+
+
+def test_server_env_is_a_name_value_pair() -> None:
+    assert serving.parse_args(["--server-env", "OMP_WAIT_POLICY=PASSIVE", "--server-env", "A=b=c"]).server_env == [
+        ("OMP_WAIT_POLICY", "PASSIVE"), ("A", "b=c")]
+    with pytest.raises(SystemExit):
+        serving.parse_args(["--server-env", "NOVALUE"])
+
+
+def test_gil_contention_prints_a_row_per_model_and_switch_interval_and_stops_its_busy_thread(capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+    import threading
+
+    from bench import gil_contention
+
+    interval, threads = sys.getswitchinterval(), threading.active_count()
+    try:
+        assert gil_contention.main(["--models", "cnn", "--batch", "2", "--switch-ms", "5", "0.5", "--calls", "1"]) == 0
+    finally:
+        sys.setswitchinterval(interval)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| cnn |")]
+    assert [row.split(" | ")[1] for row in rows] == ["5", "0.5"]
+    assert threading.active_count() == threads
