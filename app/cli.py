@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     net = parser.add_argument_group("network")
     net.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 in containers)")
     net.add_argument("--port", type=int, help="port (default 8000)")
-    net.add_argument("--workers", type=int, help="server processes sharing the port, each with its own model (default 1)")
+    net.add_argument("--workers", help="server processes sharing the port, each with its own model (default 1); "
+                     "'auto': one per CPU core, the fastest on a CPU (docs/serving.md, Performance)")
     net.add_argument("--graceful-timeout-s", type=float, help="on SIGTERM, how long requests in flight may take (default 30)")
     net.add_argument("--keep-alive-timeout-s", type=float, help="close an idle keep-alive connection after this long (default 5)")
     net.add_argument("--header-timeout-s", type=float,

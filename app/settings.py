@@ -7,6 +7,7 @@ environment. Values are validated here, so a bad setting stops the server before
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +20,11 @@ from defense import Disclosure, LogitPolicy, policy_from_fields
 from training.devices import resolve_device
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+
+
+def usable_cpus() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class ServeSettings(BaseSettings):
@@ -42,7 +48,8 @@ class ServeSettings(BaseSettings):
     # network
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(1, ge=1, le=256, description="server processes sharing the port, each with its own model copy")
+    workers: int = Field(1, ge=1, le=256, description="server processes sharing the port, each with its own model copy; "
+                         "'auto': one per CPU core this process may use")
     graceful_timeout_s: float = Field(30.0, gt=0, description="on SIGTERM, how long requests in flight may take")
     keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this long")
     header_timeout_s: float = Field(10.0, gt=0, description="a connection must send a whole request head within this long")
@@ -84,6 +91,19 @@ class ServeSettings(BaseSettings):
     def _split_keys(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _auto_workers(cls, value: Any) -> Any:
+        """``auto``: one worker per CPU core this process may run on (its affinity mask, as a container's
+        ``--cpuset-cpus`` sets it)."""
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text == "auto":
+                return usable_cpus()
+            if not text.isdigit():
+                raise ValueError(f"expected a number of processes or 'auto', got {value!r}")
         return value
 
     @field_validator("state")

@@ -4,6 +4,7 @@ a standard Open Inference Protocol client; graceful shutdown; the command line a
 from __future__ import annotations
 
 import io
+import os
 import signal
 import threading
 import time
@@ -132,6 +133,7 @@ def test_sigterm_lets_the_request_in_flight_complete(tiny_teacher: Path, tmp_pat
     (["--checkpoint", "TINY"], {"STINGY_DEVICE": "tpu"}, "invalid settings: device: unsupported device 'tpu'; use auto, cpu, cuda or cuda:N"),
     (["--checkpoint", "TINY"], {"STINGY_API_KEYS": "alice:"}, "API key entry 1 has an empty secret"),
     (["--checkpoint", "TINY", "--workers", "0"], {}, "workers: Input should be greater than or equal to 1"),
+    (["--checkpoint", "TINY", "--workers", "many"], {}, "workers: expected a number of processes or 'auto', got 'many'"),
     (["--checkpoint", "TINY"], {"STINGY_STATE": "memcached://x:1"}, "state must be 'sqlite' or a Redis URL"),
     (["--checkpoint", "TINY", "--policy", "normal"], {}, "releases the raw logits for all 10 classes, not just N < K"),
     (["--checkpoint", "TINY", "--sparse-ratio", "0.95"], {}, "(N = K: nothing is masked), not just N < K logits per image; serve it "
@@ -149,6 +151,17 @@ def test_bad_settings_exit_with_status_2_and_one_line(tiny_teacher: Path, monkey
     assert main([str(tiny_teacher) if arg == "TINY" else arg for arg in argv]) == 2
     error = capsys.readouterr().err
     assert error.startswith("stingy-serve: ") and message in error and error.count("\n") == 1, error
+
+
+def test_auto_workers_are_one_per_usable_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``auto`` counts the cores in the process's affinity mask (a container's cpuset), not the machine's."""
+    from app.settings import ServeSettings
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5})
+    monkeypatch.setenv("STINGY_WORKERS", "auto")
+    assert ServeSettings(checkpoint=Path("x")).workers == 3
+    assert ServeSettings(checkpoint=Path("x"), workers=" AUTO ").workers == 3
+    assert ServeSettings(checkpoint=Path("x"), workers="2").workers == 2
 
 
 def test_flags_override_the_environment(tiny_teacher: Path, monkeypatch: pytest.MonkeyPatch) -> None:
