@@ -54,6 +54,21 @@ def test_a_cell_not_run_is_not_called_near_chance(tmp_path: Path) -> None:
     assert "(points): lenet5: diverged (step 93), self: -5.09." in text and "near chance" not in text
 
 
+def test_rows_written_before_seeds_were_recorded_match_newer_rows_of_the_same_folder(tmp_path: Path) -> None:
+    """A folder resumed by newer code mixes rows without ``seed`` (older code) and rows with the schedule's seed:
+    the collapsed run still finds its normal-KD reference and its clipping twin (cifar10-cpu was such a folder)."""
+    recorded = _recorded(tmp_path)
+    stingy = [line for line in stability_table(recorded).splitlines() if "`kd/cnn_small/lenet5/stingy(sparse_ratio=0.2)/" in line]
+    rows = [json.loads(line) for line in (tmp_path / RESULTS_FILE).read_text().splitlines()]
+    assert all("seed" not in row for row in rows)
+    for row in rows:  # newer code wrote the stingy runs: they record the preset's student seed
+        if row.get("policy") == {"name": "stingy", "sparse_ratio": 0.2}:
+            row["seed"] = recorded.preset["student_config"]["seed"]
+    (tmp_path / RESULTS_FILE).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    mixed = [line for line in stability_table(Results.load(tmp_path)).splitlines() if "`kd/cnn_small/lenet5/stingy(sparse_ratio=0.2)/" in line]
+    assert stingy and mixed == stingy and "no normal-KD reference" not in mixed[0]
+
+
 def test_report_takes_the_folder_either_way(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     """``stingy-bench report DIR`` and ``stingy-bench report --out DIR`` (as ``stingy-attack report``)."""
     from training.reproduction.cli import main

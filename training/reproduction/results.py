@@ -23,6 +23,15 @@ class BenchmarkError(Exception):
     """A benchmark folder or preset problem the user must fix (printed as one line)."""
 
 
+def _with_seed(row: dict[str, Any], preset: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with its training seed: rows written before runs recorded one trained with their schedule's seed
+    (the preset's ``teacher_config`` or ``student_config``), so a folder resumed by newer code compares alike."""
+    if "seed" in row:
+        return row
+    config = preset.get("teacher_config" if row.get("type") == "teacher" else "student_config") or {}
+    return {**row, "seed": config.get("seed")}
+
+
 def releases_as_stingy(name: str, params: dict[str, Any], num_classes: int) -> bool:
     """Whether policy ``name(**params)`` releases exactly what ``stingy`` with the same ``params`` releases for
     ``K = num_classes``: ``least`` keeping ``N = max(1, round(r K)) = 1`` class keeps the top-1 logit too."""
@@ -42,8 +51,9 @@ class Results:
     def load(cls, folder: Path) -> Results:
         if not (folder / PRESET_FILE).is_file():
             raise BenchmarkError(f"{folder} is not a benchmark folder (no {PRESET_FILE}); run `stingy-bench run` first")
-        rows = read_json_lines(folder / RESULTS_FILE)
-        loaded = cls(json.loads((folder / PRESET_FILE).read_text()), rows)
+        preset = json.loads((folder / PRESET_FILE).read_text())
+        rows = [_with_seed(row, preset) for row in read_json_lines(folder / RESULTS_FILE)]
+        loaded = cls(preset, rows)
         distinct = [r for r in rows if not r.get("policy") or loaded.same_policy(r["policy"]) == r["policy"]]
         return cls(loaded.preset, distinct)
 
