@@ -34,12 +34,8 @@ def random_checkpoint(folder: Path, arch: str, channels: int, image_size: int, c
 
 def _seconds_per_call(function: Callable[[], object], seconds: float) -> tuple[float, float]:
     """Mean wall seconds and mean CPU seconds (this process, all threads) of ``function()`` over at least
-    ``seconds``, at least 3 calls, after untimed calls for ``seconds`` (at least two): a fresh process's first
-    seconds of two-thread forwards here ran at about 0.7 of its later speed (``docs/serving.md``)."""
-    warm_up_ends = time.perf_counter() + seconds
+    ``seconds`` (after two untimed calls), at least 3 calls."""
     function()
-    while time.perf_counter() < warm_up_ends:
-        function()
     function()
     calls, began, cpu = 0, time.perf_counter(), time.process_time()
     while calls < 3 or time.perf_counter() - began < seconds:
