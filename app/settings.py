@@ -7,7 +7,6 @@ environment. Values are validated here, so a bad setting stops the server before
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,14 +16,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.state import check_state_url
 from defense import Disclosure, LogitPolicy, policy_from_fields
-from training.devices import resolve_device
+from training.devices import resolve_device, usable_cpus
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
-
-
-def usable_cpus() -> int:
-    """The CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class ServeSettings(BaseSettings):

@@ -33,7 +33,7 @@ import uvicorn
 from prometheus_client.multiprocess import mark_process_dead
 from uvicorn.supervisors import Multiprocess
 
-from app.settings import usable_cpus
+from training.devices import usable_cpus
 
 SETTINGS_ENV = "STINGY_SERVE_WORKER_ARGS"  # the parent's parsed command line, for the workers it spawns
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's switch to its multiprocess mode

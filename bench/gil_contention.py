@@ -23,9 +23,8 @@ from collections.abc import Callable
 
 import torch
 
+from bench.serving import MODELS
 from training.models.registry import create_model
-
-MODELS = {"cnn": (1, 28), "resnetc20": (3, 32)}  # channels, image size
 
 
 def mean_ms(function: Callable[[], object], calls: int) -> float:
@@ -60,7 +59,7 @@ def beside_busy_thread(function: Callable[[], object], calls: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["cnn", "resnetc20"])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the forward")
     parser.add_argument("--switch-ms", type=float, nargs="+", default=[5.0, 0.5, 0.1], help="interpreter switch intervals")
@@ -71,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| model | switch interval ms | alone ms | beside a busy Python thread ms | slow-down |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name in args.models:
-        channels, size = MODELS[name]
-        model = create_model(name, 10, channels, size).eval()
+        channels, size, classes = MODELS[name]
+        model = create_model(name, classes, channels, size).eval()
         images = torch.randn(args.batch, channels, size, size)
         with torch.inference_mode():
             for switch_ms in args.switch_ms:

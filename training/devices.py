@@ -1,8 +1,10 @@
-"""Where training and serving run: the device a name asks for, checked against this machine, the
-mixed-precision context for it, and image batches moved onto it in the layout it prefers."""
+"""Where training and serving run: the device a name asks for, checked against this machine, the CPU cores
+this process may use, the mixed-precision context for it, and image batches moved onto it in the layout it
+prefers."""
 
 from __future__ import annotations
 
+import os
 import platform
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -17,6 +19,11 @@ from training.data import normalize
 
 class DeviceError(ValueError):
     """A device name that is not ``auto``, ``cpu``, ``cuda`` or ``cuda:N``, or a GPU this machine lacks."""
+
+
+def usable_cpus() -> int:
+    """The CPU cores this process may run on (its affinity mask, as a container's ``--cpuset-cpus`` sets it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -154,10 +154,11 @@ def plan(preset: Preset) -> list[Run]:
         for clip in (None, preset.clip_norm) if preset.clip_norm else (None,):
             add(distil(preset, teacher, arch, policy, tau, clip))
 
+    classes = known_num_classes(preset.dataset, preset.data_options) if "stingy" in preset.ratio_policies else None
+
     def same_as_stingy(name: str, ratio: float) -> bool:
         """A swept policy that releases what the stingy run at its ratio releases is that run (one point)."""
-        classes = known_num_classes(preset.dataset, preset.data_options)
-        return "stingy" in preset.ratio_policies and classes is not None and releases_as_stingy(name, {"sparse_ratio": ratio}, classes)
+        return classes is not None and releases_as_stingy(name, {"sparse_ratio": ratio}, classes)
 
     stingy = policy_items("stingy", sparse_ratio=preset.sparse_ratio)
     normal = policy_items("normal")

@@ -19,6 +19,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from training.devices import usable_cpus
 from training.reproduction.plan import Run, needs
 from training.reproduction.presets import Preset
 
@@ -33,7 +34,7 @@ def threads_per_job(jobs: int) -> int | None:
     1), or None (torch's own choice) when the user set ``OMP_NUM_THREADS``."""
     if "OMP_NUM_THREADS" in os.environ:
         return None
-    return max(1, len(os.sched_getaffinity(0)) // jobs)
+    return max(1, usable_cpus() // jobs)
 
 
 def _start_worker(preset: Preset, out: Path, data_root: str | None, download: bool, threads: int | None) -> None:
