@@ -2,7 +2,8 @@
 release policy) does on ready ``uint8`` batches with no HTTP at all, and the policy's share of it.
 
     ceiling = images in the timed passes / their seconds, for one batch size (wall seconds, and CPU seconds)
-    policy share = seconds of ``policy.sparse(logits)`` / seconds of ``model(x)``, at one batch size
+    policy share = seconds of ``runner.release(logits)`` (the logits' copy to the CPU and the policy there)
+                   / seconds of ``model(x)``, at one batch size
 """
 
 from __future__ import annotations
@@ -106,5 +107,5 @@ def measure_ceiling_with(checkpoint: Path, batch_sizes: tuple[int, ...], policy_
         x = normalize(images, card.mean, card.std).to(runner.device)
         logits = runner.model(x).float()
         forward, _ = _seconds_per_call(lambda: (runner.model(x), synchronize()), seconds)
-        policy_seconds, _ = _seconds_per_call(lambda: (runner.policy.sparse(logits), synchronize()), seconds / 4)
+        policy_seconds, _ = _seconds_per_call(lambda: runner.release(logits), seconds / 4)
     return Ceiling(rates, cpu_rates, policy_batch, 1000 * forward, 1000 * policy_seconds)

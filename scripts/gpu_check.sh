@@ -4,6 +4,7 @@
 #
 #   ./scripts/gpu_check.sh [LOG_DIR]      # default runs/gpu-check: one log per check and summary.txt
 #
+# CHECKS picks checks by name (default: all); SERVING_WORKERS the --workers values of the serving_workers check.
 # Uses .venv when scripts/bootstrap.sh made one, else $PYTHON (default python3) with the project importable
 # from the repository root. BUDGET_S (default 3600) caps the whole script: a check gets what is left.
 set -uo pipefail
@@ -22,7 +23,7 @@ cd "$ROOT"
 CHECKS="${CHECKS:-environment cuda_tests teacher train_speed serving serving_workers suite}"
 check() {
   local name=$1 limit=$2; shift 2
-  case " $CHECKS " in *" $name "*) ;; *) return ;; esac
+  case " $CHECKS " in *" $name "*|*" ${name%_*} "*) ;; *) return ;; esac  # serving_workers_8 runs under serving_workers
   local left=$((BUDGET_S - SECONDS - 5)) began=$SECONDS status
   [ "$left" -lt "$limit" ] && limit=$left
   if [ "$limit" -le 10 ]; then
@@ -45,8 +46,10 @@ cp "$TEACHER_DIR/metrics.jsonl" "$LOG_DIR/teacher_metrics.jsonl" 2>/dev/null
 check train_speed 180 "$PYTHON" -m bench.train_speed --archs mlp lenet5 cnn_small resnetc20 resnet18 mobilenetv2 --batch-size 256 --steps 30
 check serving 300 "$PYTHON" -m bench.serving --device cuda --models resnet18 --formats v2-json v2-binary \
     --clients 1 8 32 64 128 --duration 3 --out "$LOG_DIR/serving"   # needs hey (apt-get install hey)
-check serving_workers 120 "$PYTHON" -m bench.serving --device cuda --models resnet18 --formats v2-binary v2-json \
-    --images 1 --clients 64 128 --duration 3 --server-arg=--workers --server-arg=4 --out "$LOG_DIR/serving_workers"
+for workers in ${SERVING_WORKERS:-4}; do   # SERVING_WORKERS="4 8 auto": one check per --workers value
+  check "serving_workers_$workers" 150 "$PYTHON" -m bench.serving --device cuda --models resnet18 --formats v2-binary v2-json \
+      --images 1 --clients 64 128 --duration 3 --server-arg=--workers --server-arg="$workers" --out "$LOG_DIR/serving_workers_$workers"
+done
 check suite 900 "$PYTHON" -m pytest -q -p no:cacheprovider
 echo "==> summary ($LOG_DIR)"
 cat "$LOG_DIR/summary.txt"

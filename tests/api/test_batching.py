@@ -95,6 +95,18 @@ def run(coroutine: Awaitable[T]) -> T:
     return asyncio.run(bounded())
 
 
+def test_a_pass_mixing_uint8_and_float_requests_gives_each_its_own_rows(tiny_teacher: Path, reference: Reference) -> None:
+    """The runner concatenates a pass's parts before normalising them only when they share a dtype: uint8
+    0-255 and float32 0-1 pixels of the same images must give the same released pairs in one pass."""
+    runner = ModelRunner(tiny_teacher, STINGY, device="cpu")
+    pixels = [random_images(2, seed=7), random_images(3, seed=8), random_images(1, seed=9)]
+    parts = [pixels[0], pixels[1].float() / 255, pixels[2]]
+    released = runner.forward(parts)
+    expected = [reference.released(images, STINGY) for images in pixels]
+    assert torch.equal(released.indices, torch.cat([rows.indices for rows in expected]))
+    torch.testing.assert_close(released.values, torch.cat([rows.values for rows in expected]), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("merge", [True, False])
 def test_each_request_gets_exactly_its_rows(merge: bool) -> None:
     forward = EchoForward()
