@@ -83,7 +83,7 @@ class LogitPolicy(ABC):
         return "the raw logits"
 
     def __call__(self, logits: Tensor) -> Tensor:
-        _check_logits(logits)
+        check_logits(logits)
         return self.release(logits)
 
     def sparse(self, logits: Tensor) -> SparseLogits:
@@ -103,7 +103,8 @@ class LogitPolicy(ABC):
         return {key: value for key, value in self.config().items() if key not in self.secret_parameters}
 
 
-def _check_logits(logits: Tensor) -> None:
+def check_logits(logits: Tensor) -> None:
+    """Raise ``TypeError`` or ``ValueError`` unless ``logits`` is a floating-point tensor ``[B, K]``, ``K >= 1``."""
     if not isinstance(logits, Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
     if logits.ndim != 2 or logits.shape[-1] < 1:
