@@ -31,7 +31,7 @@ from app.errors import describe_validation_errors
 from app.listen import ListenError, check_can_listen
 from app.main import create_app
 from app.settings import ServeSettings
-from app.workers import arguments_from_parent, metrics_dir_from_parent, run_workers, share_cpu, share_with_workers
+from app.workers import arguments_from_parent, metrics_dir_from_parent, run_workers, share_with_workers
 from training.checkpoint import load_checkpoint
 from training.console import ErrorExit, UsageError, add_policy_options, policy_flags, run_command
 
@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     batching.add_argument("--max-queue-images", type=int,
                           help="most images waiting for a forward pass; a request past it gets 503 at once (default 2048)")
     batching.add_argument("--torch-threads", type=int,
-                          help="threads of one CPU forward pass (default: torch's, one per core); see docs/serving.md#performance")
+                          help="torch CPU threads per process (default: 1 on a GPU; on the CPU one per core, shared by the "
+                               "workers); see docs/serving.md#performance")
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-body-bytes", type=int, help="largest request body (default 16 MiB)")
     limits.add_argument("--max-images-per-request", type=int, help="most images in one request (default 256)")
@@ -141,11 +142,9 @@ def serve(args: argparse.Namespace) -> int:
 
 def worker_app() -> FastAPI:
     """The app of one ``--workers`` process (uvicorn calls it in each worker): the parent's settings, checked
-    there already, this worker's share of the CPU unless ``--torch-threads`` says otherwise, and ``/metrics``
-    summed over the workers."""
+    there already (the service takes this worker's share of the CPU, :meth:`ServeSettings.cpu_threads`), and
+    ``/metrics`` summed over the workers."""
     settings = settings_from_args(argparse.Namespace(**arguments_from_parent()))
-    if settings.torch_threads is None:
-        share_cpu(settings.workers)
     configure_logging(settings)
     return create_app(settings, metrics_dir_from_parent())
 

@@ -86,8 +86,9 @@ class Service:
         """Load the checkpoint and check what its policy discloses (errors propagate: the server does not
         start), start batching, and warm up in the background; :attr:`ready` turns true when that is done."""
         settings = self.settings
-        if settings.torch_threads is not None:
-            torch.set_num_threads(settings.torch_threads)
+        threads = settings.cpu_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
         runner = await run_in_threadpool(
             ModelRunner, settings.checkpoint, settings.release_policy, device=settings.device, max_batch_size=settings.max_batch_size
         )

@@ -37,7 +37,8 @@ class ServeSettings(BaseSettings):
     allow_disclosing_policy: bool = Field(
         False, description="serve a policy that releases something of every class (normal, reverse, N = K, ...)")
     show_model_details: bool = Field(False, description="show the architecture and training dataset on /v1/model")
-    torch_threads: int | None = Field(None, ge=1, description="threads of one CPU forward pass (default: torch's, one per core)")
+    torch_threads: int | None = Field(None, ge=1, description="torch CPU threads per process (default: 1 on a GPU; on the CPU "
+                                      "one per core, shared by the workers)")
 
     # network
     host: str = "127.0.0.1"
@@ -128,6 +129,20 @@ class ServeSettings(BaseSettings):
         # The one place a server's policy is built; ValueError for an unknown policy or bad parameters.
         self._policy = policy_from_fields(self.policy, self.sparse_ratio, self.k, self.policy_params)
         return self
+
+    def cpu_threads(self) -> int | None:
+        """torch's CPU threads for one server process: ``torch_threads`` when given; else 1 when the model runs
+        on a GPU (the CPU only joins the batch and runs the policy there; at torch's default of one thread per
+        core the H200 machine's ceiling process burnt 16 CPU seconds per second in spin-waits, see
+        docs/serving.md); else, with several workers, each one's share of the cores; else ``None`` (torch's
+        default, one per core)."""
+        if self.torch_threads is not None:
+            return self.torch_threads
+        if resolve_device(self.device).type == "cuda":
+            return 1
+        if self.workers > 1:
+            return max(1, usable_cpus() // self.workers)
+        return None
 
     @property
     def served_name(self) -> str:

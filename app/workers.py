@@ -5,7 +5,7 @@ listening socket; the kernel hands each new connection to one of them, and a wor
 Each worker builds its own app from the parent's settings: its own model copy (on the CPU, or its own CUDA
 context on a shared GPU), batcher and metrics; budgets and rate limits are in the shared state store
 (:mod:`app.state`), so they stay exact across workers. On the CPU each worker gets (cores the process may use) // N
-torch threads (unless ``--torch-threads`` is given), so that N workers do not fight over the cores.
+torch threads (:meth:`app.settings.ServeSettings.cpu_threads`), so that N workers do not fight over the cores.
 
 Metrics are summed over the workers with prometheus_client's multiprocess mode: before spawning, the parent
 creates a fresh private directory (never one left by an earlier run) and puts it in ``PROMETHEUS_MULTIPROC_DIR``,
@@ -28,12 +28,9 @@ from contextlib import contextmanager
 from socket import socket
 from typing import Any
 
-import torch
 import uvicorn
 from prometheus_client.multiprocess import mark_process_dead
 from uvicorn.supervisors import Multiprocess
-
-from training.devices import usable_cpus
 
 SETTINGS_ENV = "STINGY_SERVE_WORKER_ARGS"  # the parent's parsed command line, for the workers it spawns
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's switch to its multiprocess mode
@@ -66,11 +63,6 @@ def shared_metrics_dir() -> Iterator[str]:
     finally:
         del os.environ[METRICS_DIR_ENV]
         shutil.rmtree(directory, ignore_errors=True)
-
-
-def share_cpu(workers: int) -> None:
-    """Give this worker its share of the CPU cores for torch's intra-op threads."""
-    torch.set_num_threads(max(1, usable_cpus() // workers))
 
 
 class Supervisor(Multiprocess):
