@@ -23,14 +23,14 @@ def _powers_of_two(limit: int) -> tuple[float, ...]:
 
 
 class ServiceMetrics:
-    """Requests, latency, batching, queue depth, images served and rejections.
+    """Requests, latency, batching, queue depth, workers (started and ready), images served and rejections.
 
     Without ``shared_dir`` the metrics live in this instance's own registry, which :meth:`exposition` renders.
     With ``shared_dir`` (a worker of ``--workers N``, whose process started with ``PROMETHEUS_MULTIPROC_DIR``
     set to that directory: prometheus_client's multiprocess mode) each worker writes its values to its own
     files there, and :meth:`exposition` renders the sum over the server's workers: counters and histograms
-    over every worker that has run (one that died keeps its counts), the queue depth over the live workers
-    (``livesum``: the supervisor removes a dead worker's gauge file, see :mod:`app.workers`).
+    over every worker that has run (one that died keeps its counts), the queue depth and the ready workers over
+    the live workers (``livesum``: the supervisor removes a dead worker's gauge files, see :mod:`app.workers`).
     """
 
     content_type = CONTENT_TYPE_LATEST
@@ -48,6 +48,10 @@ class ServiceMetrics:
                                          buckets=LATENCY_BUCKETS, registry=own)
         self.queue_depth = Gauge("stingy_queue_depth_images", "Images waiting for a forward pass.",
                                  multiprocess_mode="livesum", registry=own)  # set by the batcher when it changes
+        self.workers = Gauge("stingy_workers", "Server processes the server runs (--workers).", multiprocess_mode="livemax",
+                             registry=own)
+        self.ready_workers = Gauge("stingy_ready_workers", "Server processes warmed up and taking requests.",
+                                   multiprocess_mode="livesum", registry=own)
         self.shed_requests = Counter("stingy_shed_requests", "Requests refused with 503 because the queue was full.",
                                      registry=own)
         self.images_served = Counter("stingy_images_served", "Images answered, by key id.", ["key"], registry=own)

@@ -70,6 +70,7 @@ class Service:
         self.key_bucket = TokenBucket.per_second("key", settings.rate_limit, settings.rate_burst) if settings.rate_limit else None
         self.auth_failure_bucket = TokenBucket.per_second("auth-failure", settings.auth_failure_rate, settings.auth_failure_burst)
         self.metrics = ServiceMetrics(settings.max_batch_size, metrics_dir)
+        self.metrics.workers.set(settings.workers)
         self.access_log = AccessLog(settings.access_log)
         self.state: StateStore | None = None
         self.budget: Budget | None = None
@@ -136,6 +137,7 @@ class Service:
         # garbage collector's full passes need not scan them again (0.2 s each here: python -m bench.serving_parts).
         gc.freeze()
         self.ready = True
+        self.metrics.ready_workers.set(1)
         logger.info("ready (warm-up %.2f s): model %r = %s; key auth %s", seconds, self.name, self.runner.describe(),
                     f"on ({len(self.keys.key_ids)} keys)" if self.keys.enabled else "off")
 
@@ -148,6 +150,7 @@ class Service:
     async def stop(self) -> None:
         """Stop taking requests, finish the queued ones, and close the state store and the access log."""
         self.ready = False
+        self.metrics.ready_workers.set(0)
         if self._warmup is not None and not self._warmup.done():
             self._warmup.cancel()
         if self.batcher is not None:

@@ -73,11 +73,12 @@ def measure_ceiling(checkpoint: Path, batch_sizes: tuple[int, ...], policy_batch
                     device: str = "cpu", policy: str = "stingy", sparse_ratio: float = 0.2) -> Ceiling:
     """The better (per batch size) of :func:`measure_ceiling_with` at torch's default number of CPU threads and,
     where that is more than one, at one thread: on a busy machine a multi-threaded forward can wait far longer
-    for its threads to be scheduled together than it gains from them, and the ceiling is the model's best."""
+    for its threads to be scheduled together than it gains from them, and on a GPU the CPU's part (joining the
+    batch, the policy) is too small to share out; the ceiling is the model's best."""
     default = torch.get_num_threads()
     ceiling = measure_ceiling_with(checkpoint, batch_sizes, policy_batch, seconds, device=device, policy=policy,
                                    sparse_ratio=sparse_ratio)
-    if default > 1 and device == "cpu":
+    if default > 1:
         torch.set_num_threads(1)
         try:
             ceiling = ceiling.best(measure_ceiling_with(checkpoint, batch_sizes, policy_batch, seconds, device=device,

@@ -105,6 +105,17 @@ def _drain(url: str, limit_s: float = 300.0) -> None:
         time.sleep(0.2)
 
 
+def _wait_for_workers(url: str, limit_s: float = 180.0) -> None:
+    """Wait until every worker process of the server has warmed up (``stingy_ready_workers`` reaches
+    ``stingy_workers``). ``/readyz`` answers once one has; the connections of a load that starts earlier land on
+    the ready ones and stay there for the whole setting."""
+    deadline = time.monotonic() + limit_s
+    while (ready := _metric(url, "stingy_ready_workers")) < (workers := _metric(url, "stingy_workers")):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {ready:.0f} of the server's {workers:.0f} workers were ready after {limit_s:.0f} s")
+        time.sleep(0.2)
+
+
 def load_average() -> str:
     """The 1, 5 and 15 minute load averages (``uptime``), which say how busy the machine was."""
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -123,6 +134,7 @@ def measure_model(model: str, args: argparse.Namespace, scratch: Path, report: l
                       "--device", args.device, "--sparse-ratio", "0.2", "--access-log", "", "--log-level", "warning", *args.server_arg],
                      args.server_cpus)
     with running_process(command, port, env=dict(args.server_env), log_dir=scratch, cwd=scratch) as server:
+        _wait_for_workers(server.url)
         generator = torch.Generator().manual_seed(0)
         for per_request in args.images:
             pixels = torch.randint(0, 256, (per_request, channels, size, size), dtype=torch.uint8, generator=generator)

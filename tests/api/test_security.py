@@ -229,5 +229,6 @@ def test_metrics_cover_requests_latency_batches_queue_and_images(keyed_app: AppC
     assert samples[("stingy_batch_size_images_count", ())] >= 1 and samples[("stingy_batch_size_images_sum", ())] >= 2
     assert samples[("stingy_forward_duration_seconds_count", ())] >= 1
     assert samples[("stingy_queue_depth_images", ())] == 0
+    assert samples[("stingy_workers", ())] == samples[("stingy_ready_workers", ())] == 1
     assert samples[("stingy_images_served_total", (("key", "carol"),))] >= 2
     assert not any("secret" in name or any("secret" in str(v) for _, v in labels) for name, labels in samples)

@@ -266,8 +266,11 @@ def test_two_workers_on_one_sqlite_file_keep_budget_rate_limit_and_metrics_exact
     assert statuses == [200] * 40 + [403] * 60 + [429] * 20
     assert sorted(a.remaining for a in answers if a.status == 200) == list(range(40))
     assert all(read == reads[0] for read in reads)  # whichever worker answers, the same whole-server totals
-    assert after_retiring == reads[0]  # the counts of a worker that has ended stay in the sums
     totals = reads[0]
+    worker_gauges = {("stingy_workers", ()): 2, ("stingy_ready_workers", ()): 2}
+    assert {name: totals[name] for name in worker_gauges} == worker_gauges
+    assert {name: after_retiring.pop(name) for name in worker_gauges} == {("stingy_workers", ()): 2, ("stingy_ready_workers", ()): 1}
+    assert after_retiring == {name: value for name, value in totals.items() if name not in worker_gauges}  # counts stay
     assert [_predict_requests(totals, status) for status in (200, 403, 429)] == [40, 60, 20]
     assert totals[("stingy_requests_total", (("method", "GET"), ("route", "/healthz"), ("status", "200")))] == connected.health_checks
     assert totals[("stingy_images_served_total", (("key", "alice"),))] == 40
