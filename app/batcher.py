@@ -8,8 +8,10 @@ already, so the next pass takes whatever queued meanwhile at once: under load pa
 up to ``max_batch_size``, with no delay added. A single request larger than ``max_batch_size`` runs alone. Each request gets back exactly the rows
 of its own images, in order.
 
-Load shedding: a request whose images would take the queue past ``max_queue_images`` is refused at once
-with :class:`QueueFull` (an empty queue takes any request), instead of waiting without bound.
+Load shedding: a request is refused at once with :class:`QueueFull` (an empty queue takes any request), instead
+of waiting without bound, when its images would take the queue past ``max_queue_wait_s`` seconds of work or past
+``max_queue_images``. Seconds of work are ``queued images x seconds per image``, the latter a moving average
+over the forward passes (``RATE_SMOOTHING`` of each new pass), seeded by :meth:`DynamicBatcher.learn_rate`.
 
 Wake-ups are per pass, not per request: a submission wakes the worker only when it was idle or when the
 queue has just filled a batch, and the worker hands the results of a whole pass back to the event loop in
@@ -48,32 +50,38 @@ class BatcherClosed(RuntimeError):
 
 
 class QueueFull(RuntimeError):
-    """The queue holds ``queued`` images and cannot take ``requested`` more within ``limit``."""
+    """The queue holds ``queued`` images and cannot take ``requested`` more within ``limit`` (in words)."""
 
-    def __init__(self, queued: int, requested: int, limit: int) -> None:
-        super().__init__(f"the queue holds {queued} images; {requested} more would pass its limit of {limit}")
+    def __init__(self, queued: int, requested: int, limit: str) -> None:
+        super().__init__(f"the queue holds {queued} images; {requested} more would pass {limit}")
         self.queued, self.requested, self.limit = queued, requested, limit
+
+
+RATE_SMOOTHING = 0.2  # weight of the newest forward pass in the moving average of seconds per image
 
 
 class DynamicBatcher:
     """Queue of image batches in front of one ``forward`` function, run on a dedicated thread.
 
     ``forward`` maps a list of ``[B_i, ...]`` tensors to :class:`SparseLogits` with ``sum B_i`` rows, in order.
-    With ``merge=False`` every request is its own forward pass (batching off). ``max_queue_images`` bounds the
-    images waiting (``None``: unbounded). ``observe`` is called on the worker thread after each pass, and
+    With ``merge=False`` every request is its own forward pass (batching off). ``max_queue_wait_s`` bounds the
+    seconds of work waiting and ``max_queue_images`` the images waiting (``None``: no bound). ``observe`` is called on the worker thread after each pass, and
     ``observe_queue`` with :attr:`queued_images` each time that changes (with the queue's lock held, so the
     calls come in the order of the changes).
     """
 
     def __init__(
         self, forward: Callable[[list[Tensor]], SparseLogits], *, max_batch_size: int, max_delay_s: float, merge: bool = True,
-        max_queue_images: int | None = None, observe: BatchObserver | None = None, observe_queue: QueueObserver = lambda images: None,
+        max_queue_images: int | None = None, max_queue_wait_s: float | None = None, observe: BatchObserver | None = None,
+        observe_queue: QueueObserver = lambda images: None,
     ) -> None:
         self._forward = forward
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.merge = merge
         self.max_queue_images = max_queue_images
+        self.max_queue_wait_s = max_queue_wait_s
+        self._seconds_per_image: float | None = None
         self._observe = observe
         self._observe_queue = observe_queue
         self._jobs: deque[_Job] = deque()
@@ -90,10 +98,33 @@ class DynamicBatcher:
         """Images waiting for a forward pass (not counting the pass in progress)."""
         return self._queued_images
 
+    @property
+    def seconds_per_image(self) -> float | None:
+        """The moving average of forward seconds per image (``None`` before any pass or :meth:`learn_rate`)."""
+        return self._seconds_per_image
+
+    def learn_rate(self, images: int, seconds: float) -> None:
+        """Fold a forward pass of ``images`` that took ``seconds`` into :attr:`seconds_per_image`."""
+        latest = seconds / images
+        average = self._seconds_per_image
+        self._seconds_per_image = latest if average is None else (1 - RATE_SMOOTHING) * average + RATE_SMOOTHING * latest
+
     def has_room(self, images: int) -> bool:
         """Whether a request of ``images`` would be queued now (see :meth:`submit`)."""
-        limit = self.max_queue_images
-        return limit is None or self._queued_images == 0 or self._queued_images + images <= limit
+        return self._limit_passed(images) is None
+
+    def _limit_passed(self, images: int) -> str | None:
+        """The limit, in words, that ``images`` more would take the queue past; ``None`` when they fit (an empty
+        queue takes any request)."""
+        after = self._queued_images + images
+        if self._queued_images == 0:
+            return None
+        if self.max_queue_images is not None and after > self.max_queue_images:
+            return f"its limit of {self.max_queue_images} images"
+        per_image, limit_s = self._seconds_per_image, self.max_queue_wait_s
+        if limit_s is not None and per_image is not None and after * per_image > limit_s:
+            return f"its limit of {limit_s:g} s of work at {1 / per_image:.0f} images/s"
+        return None
 
     def start(self) -> None:
         """Start the worker thread; results come back on the running event loop."""
@@ -123,8 +154,9 @@ class DynamicBatcher:
         with self._changed:
             if self._closing or self._loop is None:
                 raise BatcherClosed("the server is shutting down")
-            if not self.has_room(count):
-                raise QueueFull(self._queued_images, count, self.max_queue_images or 0)
+            limit = self._limit_passed(count)
+            if limit is not None:
+                raise QueueFull(self._queued_images, count, limit)
             job = _Job(images, self._loop.create_future())
             self._jobs.append(job)
             self._queued_images += count
@@ -179,8 +211,10 @@ class DynamicBatcher:
         except Exception as error:  # the forward failed: every request in the pass gets the error
             self._loop.call_soon_threadsafe(_fail, jobs, error)
             return
+        images, seconds = sum(len(job) for job in jobs), time.perf_counter() - began
+        self.learn_rate(images, seconds)
         if self._observe is not None:
-            self._observe(sum(len(job) for job in jobs), time.perf_counter() - began)
+            self._observe(images, seconds)
         self._loop.call_soon_threadsafe(_deliver, jobs, released)
 
 

@@ -75,8 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     batching.add_argument("--max-delay-ms", type=float, help="longest wait for requests to join a batch (default 2)")
     batching.add_argument("--no-batching", dest="batching", action="store_const", const=False,
                           help="one forward pass per request")
+    batching.add_argument("--max-queue-wait-s", type=float,
+                          help="most seconds of work waiting for forward passes, at their recent rate; a request past it "
+                               "gets 503 at once (default 2)")
     batching.add_argument("--max-queue-images", type=int,
-                          help="most images waiting for a forward pass; a request past it gets 503 at once (default 2048)")
+                          help="most images waiting for a forward pass; a request past it gets 503 at once (default: no limit "
+                               "but --max-queue-wait-s)")
     batching.add_argument("--torch-threads", type=int,
                           help="torch CPU threads per process (default: 1 on a GPU; on the CPU one per core, shared by the "
                                "workers); see docs/serving.md#performance")

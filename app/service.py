@@ -108,7 +108,8 @@ class Service:
         self._announce_policy(runner.policy)
         self.batcher = DynamicBatcher(self.runner.forward, max_batch_size=settings.max_batch_size,
                                       max_delay_s=settings.max_delay_ms / 1000.0, merge=settings.batching,
-                                      max_queue_images=settings.max_queue_images, observe=self.metrics.observe_batch,
+                                      max_queue_images=settings.max_queue_images, max_queue_wait_s=settings.max_queue_wait_s,
+                                      observe=self.metrics.observe_batch,
                                       observe_queue=self.metrics.queue_depth.set)
         self.batcher.start()
         self._warmup = asyncio.get_running_loop().create_task(self._warm_up(), name="stingy-warmup")
@@ -136,6 +137,8 @@ class Service:
         # The objects alive now (torch, the model, the app: about 370,000) live as long as the server; the
         # garbage collector's full passes need not scan them again (0.2 s each here: python -m bench.serving_parts).
         gc.freeze()
+        assert self.batcher is not None
+        self.batcher.learn_rate(self.runner.max_batch_size, seconds)  # the queue's first estimate of its seconds of work
         self.ready = True
         self.metrics.ready_workers.set(1)
         logger.info("ready (warm-up %.2f s): model %r = %s; key auth %s", seconds, self.name, self.runner.describe(),

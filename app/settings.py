@@ -57,7 +57,10 @@ class ServeSettings(BaseSettings):
     max_batch_size: int = Field(64, ge=1, le=65536, description="most images in one forward pass")
     max_delay_ms: float = Field(2.0, ge=0, le=10_000, description="longest wait for more requests to join a batch")
     batching: bool = Field(True, description="merge concurrent requests into one forward pass")
-    max_queue_images: int = Field(2048, ge=1, description="most images waiting for a forward pass; past it, 503 at once")
+    max_queue_wait_s: float = Field(2.0, gt=0, description="most seconds of work waiting for forward passes (at their recent "
+                                    "rate); past it, 503 at once")
+    max_queue_images: int | None = Field(None, ge=1, description="most images waiting for a forward pass (default: no "
+                                         "limit but max_queue_wait_s); past it, 503 at once")
 
     # limits
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest request body")

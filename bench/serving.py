@@ -237,7 +237,9 @@ def say(report: list[str], line: str) -> None:
 
 
 def machine() -> dict[str, object]:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
+    # "-dirty" when the files differ from the commit (as in a copy of a working tree sent to a GPU machine)
+    commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True, text=True,
+                            check=False).stdout.strip()
     return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform(), "commit": commit or "unknown"}
 

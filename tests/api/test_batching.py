@@ -219,8 +219,49 @@ def test_a_full_queue_refuses_at_once_and_an_empty_one_takes_any_request() -> No
 
     results, refused = run(scenario())
     assert [r.indices.reshape(-1).tolist() for r in results] == [[0, 1, 2, 3, 4], [10], [11], [12]]
-    assert (refused.queued, refused.requested, refused.limit) == (3, 1, 3)
+    assert (refused.queued, refused.requested, refused.limit) == (3, 1, "its limit of 3 images")
     assert forward.passes == [[5], [1, 1, 1]]
+
+
+def test_the_queue_refuses_past_its_seconds_of_work_at_the_learnt_rate() -> None:
+    """With no rate learnt only the image limit (none here) applies; at a learnt 0.1 s per image a queue bounded
+    at 0.5 s of work takes a 5th queued image and refuses a 6th; the passes that follow feed the average."""
+    gate = threading.Event()
+    forward = EchoForward(gate)
+
+    async def scenario() -> tuple[list[SparseLogits], QueueFull, DynamicBatcher]:
+        batcher = DynamicBatcher(forward, max_batch_size=64, max_delay_s=0.0, max_queue_wait_s=0.5)
+        batcher.start()
+        running = asyncio.ensure_future(batcher.submit(ids(0, 1)))
+        assert await asyncio.get_running_loop().run_in_executor(None, forward.entered.wait, 10)
+        queued = [asyncio.ensure_future(batcher.submit(ids(10 + i, 1))) for i in range(4)]
+        await asyncio.sleep(0)
+        assert batcher.queued_images == 4 and batcher.has_room(10_000)  # no rate yet: no bound in seconds
+        batcher.learn_rate(10, 1.0)
+        assert batcher.has_room(1) and not batcher.has_room(2)
+        queued.append(asyncio.ensure_future(batcher.submit(ids(14, 1))))
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull) as refused:
+            await batcher.submit(ids(99, 1))
+        gate.set()
+        results = await asyncio.gather(running, *queued)
+        await batcher.stop()
+        return results, refused.value, batcher
+
+    results, refused, batcher = run(scenario())
+    assert [r.indices.reshape(-1).tolist() for r in results] == [[0], [10], [11], [12], [13], [14]]
+    assert (refused.queued, refused.requested) == (5, 1)
+    assert str(refused) == "the queue holds 5 images; 1 more would pass its limit of 0.5 s of work at 10 images/s"
+    assert batcher.seconds_per_image is not None and batcher.seconds_per_image < 0.1  # the fast passes pulled it down
+
+
+def test_seconds_per_image_is_a_moving_average_of_the_passes() -> None:
+    batcher = DynamicBatcher(EchoForward(), max_batch_size=4, max_delay_s=0.0)
+    assert batcher.seconds_per_image is None
+    batcher.learn_rate(10, 1.0)
+    assert batcher.seconds_per_image == pytest.approx(0.1)
+    batcher.learn_rate(10, 2.0)
+    assert batcher.seconds_per_image == pytest.approx(0.8 * 0.1 + 0.2 * 0.2)
 
 
 def test_the_server_sheds_load_with_503_and_retry_after_and_counts_nothing(
@@ -260,6 +301,7 @@ def test_the_server_sheds_load_with_503_and_retry_after_and_counts_nothing(
 
     with running_app(settings) as client:
         service = client.service
+        assert service.batcher is not None and service.batcher.seconds_per_image is not None  # seeded by the warm-up
         answered, refused = client.run(overload)
         metrics = client.get("/metrics").text
         remaining = client.get("/v1/model").headers["X-Budget-Remaining"]
