@@ -1,5 +1,7 @@
 """Load for the serving benchmark: request bodies in each input format, sent by ``hey`` (a Go load generator,
-Debian package ``hey``) so that the client is not the bottleneck, and its per-request record read back.
+Debian package ``hey``) so that the client is not the bottleneck, and its per-request record read back; or,
+for large requests, by :func:`run_retrying`, clients that honour ``Retry-After`` as well-behaved ones do
+(``hey`` resends a refused request at once).
 
     rate = answered (200) images / wall seconds of the run
     p50, p99 = percentiles of the 200 answers' latencies (seconds from sending to the whole answer)
@@ -7,6 +9,7 @@ Debian package ``hey``) so that the client is not the bottleneck, and its per-re
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -15,10 +18,13 @@ import resource
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
+import httpx
 import numpy as np
 import torch
 from PIL import Image
@@ -116,17 +122,57 @@ def _parse_csv(text: str, client_cpu_s: float) -> LoadResult:
     per request (seconds; ``offset`` from the start of the run)."""
     rows = list(csv.DictReader(io.StringIO(text)))
     if not rows:
-        raise RuntimeError("hey recorded no request at all (is the server answering?)")
+        _no_answer()
+    return _result([(row["status-code"], float(row["response-time"]), float(row["offset"]) + float(row["response-time"]))
+                    for row in rows], client_cpu_s)
+
+
+def _no_answer() -> NoReturn:
+    raise RuntimeError("the load generator recorded no answer at all (is the server answering?)")
+
+
+def _result(records: list[tuple[str, float, float]], client_cpu_s: float) -> LoadResult:
+    """A :class:`LoadResult` from (status, latency seconds, end offset seconds) per answered request."""
     statuses: dict[str, int] = {}
-    latencies, ends = [], []
-    for row in rows:
-        status = row["status-code"]
+    for status, _, _ in records:
         statuses[status] = statuses.get(status, 0) + 1
-        ends.append(float(row["offset"]) + float(row["response-time"]))
-        if status == "200":
-            latencies.append(float(row["response-time"]))
+    latencies = [latency for status, latency, _ in records if status == "200"]
     p50, p99 = (1000 * float(np.percentile(latencies, q)) for q in (50, 99)) if latencies else (float("nan"),) * 2
-    return LoadResult(len(rows), len(latencies), statuses, max(ends), p50, p99, client_cpu_s)
+    return LoadResult(len(records), len(latencies), statuses, max(end for _, _, end in records), p50, p99, client_cpu_s)
+
+
+def run_retrying(url: str, body: Body, clients: int, seconds: float, timeout_s: float = 20.0) -> LoadResult:
+    """``clients`` concurrent clients (one connection each, in this process) posting ``body`` for ``seconds``, each
+    waiting as long as a 503's ``Retry-After`` says (never past the end) before its next request. A request not
+    answered within ``timeout_s`` is given up and not recorded, as with hey. Its CPU seconds are this process's."""
+    cpu = time.process_time()
+    records = asyncio.run(_retrying_clients(url, body, clients, seconds, timeout_s))
+    if not records:
+        _no_answer()
+    return _result(records, time.process_time() - cpu)
+
+
+async def _retrying_clients(url: str, body: Body, clients: int, seconds: float, timeout_s: float) -> list[tuple[str, float, float]]:
+    """(status, latency, end offset) of every answered request."""
+    records: list[tuple[str, float, float]] = []
+    began = time.perf_counter()
+    deadline = began + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, headers=body.headers, timeout=timeout_s, limits=limits) as client:
+
+        async def one_client() -> None:
+            while (sent := time.perf_counter()) < deadline:
+                try:
+                    response = await client.post(body.path, content=body.content)
+                except httpx.TimeoutException:
+                    continue
+                answered = time.perf_counter()
+                records.append((str(response.status_code), answered - sent, answered - began))
+                if response.status_code == 503:
+                    await asyncio.sleep(min(float(response.headers.get("Retry-After", "1")), max(deadline - answered, 0.0)))
+
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+    return records
 
 
 def pinned(command: Sequence[str], cpus: str | None) -> list[str]:

@@ -1,12 +1,17 @@
 """The serving benchmark's parts that can be wrong without a slow run: its request bodies (each format is
-answered by the real app), its reading of hey's record, and its one-line refusal without hey."""
+answered by the real app), its reading of hey's record, its clients that honour Retry-After, and its one-line
+refusal without hey."""
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from bench import serving
-from bench.loadgen import FORMATS, _parse_csv, make_body
+from bench.loadgen import FORMATS, Body, _parse_csv, make_body, run_retrying
 from bench.profile_summary import summarise
 from tests.api.conftest import AppClient, random_images
 
@@ -28,6 +33,44 @@ def test_hey_record_gives_rate_inputs_and_percentiles_of_the_200s_only() -> None
     assert (result.requests, result.ok, result.statuses) == (101, 100, {"200": 100, "503": 1})
     assert result.wall_s == pytest.approx(9.9 + 1.0)  # the end of the last answer
     assert result.p50_ms == pytest.approx(505.0) and result.p99_ms == pytest.approx(990.1)
+
+
+class AlwaysOverloaded(BaseHTTPRequestHandler):
+    """Reads the request and answers 503 with ``Retry-After: 1``, counting the requests."""
+
+    protocol_version = "HTTP/1.1"
+    requests = 0
+
+    def do_POST(self) -> None:  # noqa: N802 (the http.server name)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).requests += 1
+        self.send_response(503)
+        self.send_header("Retry-After", "1")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def overloaded_server() -> Iterator[str]:
+    AlwaysOverloaded.requests = 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), AlwaysOverloaded)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_retrying_clients_wait_as_long_as_retry_after_says(overloaded_server: str) -> None:
+    """Two clients for 1.5 s against a server that always answers 503 with Retry-After: 1 send at 0 s and 1 s
+    each, and no more (hey would resend at once, thousands of times)."""
+    result = run_retrying(overloaded_server, Body("/infer", b"x" * 1000, {"Content-Type": "application/octet-stream"}),
+                          clients=2, seconds=1.5)
+    assert (result.requests, result.ok, result.statuses) == (4, 0, {"503": 4}) == (AlwaysOverloaded.requests, 0, {"503": 4})
+    assert 1.0 <= result.wall_s < 1.5
 
 
 def test_without_hey_the_benchmark_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
