@@ -70,6 +70,9 @@ class Service:
         self.key_bucket = TokenBucket.per_second("key", settings.rate_limit, settings.rate_burst) if settings.rate_limit else None
         self.auth_failure_bucket = TokenBucket.per_second("auth-failure", settings.auth_failure_rate, settings.auth_failure_burst)
         self.metrics = ServiceMetrics(settings.max_batch_size, metrics_dir)
+        # One of the processes of ``--workers N`` (only they get a metrics directory), not an app run in process
+        # or a single server: ``settings.workers`` says how many the parent was asked for, ``auto`` by default.
+        self.is_worker = metrics_dir is not None
         self.access_log = AccessLog(settings.access_log)
         self.state: StateStore | None = None
         self.budget: Budget | None = None
