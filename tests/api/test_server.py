@@ -93,8 +93,9 @@ def test_a_standard_v2_client_works_unchanged(server: ServerProcess, reference: 
 @pytest.mark.slow
 def test_sigterm_lets_the_request_in_flight_complete(tiny_teacher: Path, tmp_path: Path) -> None:
     """A request waits in the batcher (3 s delay) when SIGTERM arrives: it still gets its answer, then the
-    process ends."""
-    args = ["--checkpoint", str(tiny_teacher), "--max-delay-ms", "3000", "--access-log", ""]
+    process ends. One process (``--workers 1``), whose own shutdown lines are checked; tests/state/test_servers.py
+    stops a server of two workers with SIGTERM."""
+    args = ["--checkpoint", str(tiny_teacher), "--workers", "1", "--max-delay-ms", "3000", "--access-log", ""]
     with running_server(args, log_dir=tmp_path) as started:
         answer: dict[str, httpx.Response] = {}
         images = random_images(1, seed=13)

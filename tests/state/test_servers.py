@@ -85,9 +85,11 @@ def load_until(urls: list[str], stop: threading.Event, concurrency: int) -> list
 
 @pytest.fixture(scope="module")
 def two_servers(redis_module: RedisServer, tiny_teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServerProcess]]:
-    """Two ``stingy-serve`` processes, each its own model, budgets and rate limits in the module's Redis."""
+    """Two ``stingy-serve`` processes, each its own model, budgets and rate limits in the module's Redis: two
+    single-process servers (``--workers 1``), as replicas on two machines would be; the two-worker test below
+    shares one store between the workers of one server."""
     folder = tmp_path_factory.mktemp("two_servers")
-    args = ["--checkpoint", str(tiny_teacher), "--device", "cpu", "--budget-images", str(BUDGET), "--rate-limit", "100000",
+    args = ["--checkpoint", str(tiny_teacher), "--device", "cpu", "--workers", "1", "--budget-images", str(BUDGET), "--rate-limit", "100000",
             "--state", redis_module.url, "--access-log", "", "--log-level", "warning"]
     with ExitStack() as stack:
         yield [stack.enter_context(running_server(args, env={"STINGY_API_KEYS": f"alice:{SECRET}"}, log_dir=folder)) for _ in range(2)]
