@@ -37,13 +37,16 @@ class ServeSettings(BaseSettings):
     allow_disclosing_policy: bool = Field(
         False, description="serve a policy that releases something of every class (normal, reverse, N = K, ...)")
     show_model_details: bool = Field(False, description="show the architecture and training dataset on /v1/model")
-    torch_threads: int | None = Field(None, ge=1, description="threads of one CPU forward pass (default: torch's, one per core)")
+    torch_threads: int | None = Field(None, ge=1, description="threads of one CPU forward pass (default: each worker's share "
+                                      "of the cores; torch's, one per core, with workers=1)")
 
     # network
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(1, ge=1, le=256, description="server processes sharing the port, each with its own model copy; "
-                         "'auto': one per CPU core this process may use")
+    # 'auto' by default: one process is bound by its event loop (docs/serving.md, "Quiet machine: one worker against two")
+    workers: int = Field("auto", validate_default=True, ge=1, le=256,
+                         description="server processes sharing the port, each with its own model copy; "
+                                     "'auto' (the default): one per CPU core this process may use")
     graceful_timeout_s: float = Field(30.0, gt=0, description="on SIGTERM, how long requests in flight may take")
     keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this long")
     header_timeout_s: float = Field(10.0, gt=0, description="a connection must send a whole request head within this long")
