@@ -60,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     net = parser.add_argument_group("network")
     net.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 in containers)")
     net.add_argument("--port", type=int, help="port (default 8000)")
-    net.add_argument("--workers", help="server processes sharing the port, each with its own model (default 1); "
-                     "'auto': one per CPU core, the fastest on a CPU (docs/serving.md, Performance)")
+    net.add_argument("--workers", help="server processes sharing the port, each with its own model (default auto: one per "
+                     "CPU core, the fastest on a CPU, docs/serving.md#performance; on a GPU host give a number: each "
+                     "worker is a CUDA context); 1: one process")
     net.add_argument("--graceful-timeout-s", type=float, help="on SIGTERM, how long requests in flight may take (default 30)")
     net.add_argument("--keep-alive-timeout-s", type=float, help="close an idle keep-alive connection after this long (default 5)")
     net.add_argument("--header-timeout-s", type=float,
@@ -82,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="most images waiting for a forward pass; a request past it gets 503 at once (default: no limit "
                                "but --max-queue-wait-s)")
     batching.add_argument("--torch-threads", type=int,
-                          help="torch CPU threads per process (default: 1 on a GPU; on the CPU one per core, shared by the "
-                               "workers); see docs/serving.md#performance")
+                          help="torch CPU threads per process (default: 1 on a GPU; on the CPU each worker's share of "
+                               "the cores, torch's one per core with --workers 1); see docs/serving.md#performance")
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-body-bytes", type=int, help="largest request body (default 16 MiB)")
     limits.add_argument("--max-images-per-request", type=int, help="most images in one request (default 256)")

@@ -33,7 +33,7 @@ HOT_ENDPOINTS = (v1.predict, v2.infer)
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     service: Service = app.state.service
     await service.start()
-    if service.settings.workers > 1:
+    if service.is_worker:
         # A worker takes connections from the shared port only once warmed up: while it warms up, the workers
         # already serving answer, instead of this one answering 503 not_ready.
         await service.wait_ready()

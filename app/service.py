@@ -70,7 +70,11 @@ class Service:
         self.key_bucket = TokenBucket.per_second("key", settings.rate_limit, settings.rate_burst) if settings.rate_limit else None
         self.auth_failure_bucket = TokenBucket.per_second("auth-failure", settings.auth_failure_rate, settings.auth_failure_burst)
         self.metrics = ServiceMetrics(settings.max_batch_size, metrics_dir)
-        self.metrics.workers.set(settings.workers)
+        # One of the processes of ``--workers N`` (only they get a metrics directory), not an app run in process
+        # or a single server: ``settings.workers`` says how many the parent was asked for, ``auto`` by default.
+        self.is_worker = metrics_dir is not None
+        self.processes = settings.workers if self.is_worker else 1
+        self.metrics.workers.set(self.processes)
         self.access_log = AccessLog(settings.access_log)
         self.state: StateStore | None = None
         self.budget: Budget | None = None
@@ -87,7 +91,7 @@ class Service:
         """Load the checkpoint and check what its policy discloses (errors propagate: the server does not
         start), start batching, and warm up in the background; :attr:`ready` turns true when that is done."""
         settings = self.settings
-        threads = settings.cpu_threads()
+        threads = settings.cpu_threads(self.processes)
         if threads is not None:
             torch.set_num_threads(threads)
         runner = await run_in_threadpool(

@@ -38,13 +38,15 @@ class ServeSettings(BaseSettings):
         False, description="serve a policy that releases something of every class (normal, reverse, N = K, ...)")
     show_model_details: bool = Field(False, description="show the architecture and training dataset on /v1/model")
     torch_threads: int | None = Field(None, ge=1, description="torch CPU threads per process (default: 1 on a GPU; on the CPU "
-                                      "one per core, shared by the workers)")
+                                      "each worker's share of the cores, torch's one per core with workers=1)")
 
     # network
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(1, ge=1, le=256, description="server processes sharing the port, each with its own model copy; "
-                         "'auto': one per CPU core this process may use")
+    # 'auto' by default: one process is bound by its event loop (docs/serving.md, "Quiet machine: one worker against two")
+    workers: int = Field("auto", validate_default=True, ge=1, le=256,
+                         description="server processes sharing the port, each with its own model copy; "
+                                     "'auto' (the default): one per CPU core this process may use")
     graceful_timeout_s: float = Field(30.0, gt=0, description="on SIGTERM, how long requests in flight may take")
     keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this long")
     header_timeout_s: float = Field(10.0, gt=0, description="a connection must send a whole request head within this long")
@@ -133,18 +135,18 @@ class ServeSettings(BaseSettings):
         self._policy = policy_from_fields(self.policy, self.sparse_ratio, self.k, self.policy_params)
         return self
 
-    def cpu_threads(self) -> int | None:
-        """torch's CPU threads for one server process: ``torch_threads`` when given; else 1 when the model runs
-        on a GPU (the CPU only joins the batch and runs the policy there; at torch's default of one thread per
-        core the H200 machine's ceiling process burnt 16 CPU seconds per second in spin-waits, see
-        docs/serving.md); else, with several workers, each one's share of the cores; else ``None`` (torch's
-        default, one per core)."""
+    def cpu_threads(self, processes: int) -> int | None:
+        """torch's CPU threads for one of ``processes`` server processes on this machine: ``torch_threads`` when
+        given; else 1 when the model runs on a GPU (the CPU only joins the batch and runs the policy there; at
+        torch's default of one thread per core the H200 machine's ceiling process burnt 16 CPU seconds per second
+        in spin-waits, see docs/serving.md); else, with several processes, each one's share of the cores; else
+        ``None`` (torch's default, one per core)."""
         if self.torch_threads is not None:
             return self.torch_threads
         if resolve_device(self.device).type == "cuda":
             return 1
-        if self.workers > 1:
-            return max(1, usable_cpus() // self.workers)
+        if processes > 1:
+            return max(1, usable_cpus() // processes)
         return None
 
     @property

@@ -5,9 +5,11 @@
 
 Steps, as a model owner takes them: a random-weight torchvision model (the weights do not change the cost)
 saved as a ``state_dict`` ``.pth``; ``stingy-train import`` run as a command (its wall time and peak memory);
-one ``stingy-serve`` process (``--device``, the stingy policy with N = ``--k``, defaults otherwise: it warms up
-with one forward pass of ``--max-batch-size`` images, 64); then one client sending one request at a time,
-``--requests`` (batch 1) or ``--requests-large`` (batch 32) of each kind after one untimed request:
+one ``stingy-serve`` process (``--device``, the stingy policy with N = ``--k``, ``--workers 1`` unless ``--server-arg``
+or ``STINGY_WORKERS`` gives the number of workers, whose memory the server memory below then leaves out: it is
+the supervising parent's; defaults otherwise: it warms up with one forward pass of ``--max-batch-size`` images,
+64); then one client sending one request at a time, ``--requests`` (batch 1) or ``--requests-large`` (batch 32)
+of each kind after one untimed request:
 
 - v2 binary ``UINT8`` tensors ``[B, 3, S, S]`` (already the input size: no resizing), B = 1 and 32;
 - v1 uploads of B JPEG photos of 640x480 (decoded, resized and centre-cropped by the server), B = 1 and 32.
@@ -39,7 +41,7 @@ from PIL import Image
 
 from app.launch import running_server
 from bench.loadgen import make_body
-from bench.serving import load_average, machine, say, settings_of, write_records
+from bench.serving import load_average, machine, one_process_unless_told, say, settings_of, write_records
 from training.checkpoint import read_card
 from training.models import create_model
 
@@ -99,7 +101,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests-large", type=int, default=5, help="timed requests per kind of batch 32")
     parser.add_argument("--server-arg", action="append", default=[], help="extra stingy-serve argument (repeat), e.g. --server-arg=--max-batch-size=32")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-import"), help="folder for the raw records")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.server_arg = one_process_unless_told(args.server_arg, [])
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

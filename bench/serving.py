@@ -8,7 +8,8 @@ in-process ceiling, measured in one run.
 For each model: the ceiling (:mod:`bench.ceiling`: normalise + forward + stingy policy in process, batch 1,
 32 and 256, the better of torch's default threads and one thread, before and after the load; and the
 policy's share of the forward at batch 32); then one server (the stingy
-policy, ``--device``, defaults otherwise) loaded by ``hey`` (``apt-get install hey``) at each number of concurrent
+policy, ``--device``, one process: ``--workers 1`` unless ``--server-arg=--workers=N`` or ``STINGY_WORKERS`` gives
+the workers; defaults otherwise) loaded by ``hey`` (``apt-get install hey``) at each number of concurrent
 clients, one image per request and 256 per request, as v2 JSON numbers, v2 binary tensor data and v1 PNG
 uploads; the 256-image series once more from clients that honour ``Retry-After`` (:func:`bench.loadgen.run_retrying`;
 hey resends a refused request at once), unless ``--no-retrying``. Per setting: answered images/s, p50/p99 latency, 503s (load shed), mean images per forward pass
@@ -289,7 +290,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.ceiling_seconds, args.clients = 2.0, 1.0, [1, 64]
+    args.server_arg = one_process_unless_told(args.server_arg, args.server_env)
     return args
+
+
+def one_process_unless_told(server_args: list[str], server_env: list[tuple[str, str]]) -> list[str]:
+    """``server_args`` plus ``--workers=1``, unless they (``--workers N``, ``--workers=N`` or an abbreviation) or
+    the server's environment (``STINGY_WORKERS``, inherited or given with ``--server-env``) say how many workers
+    to run. The benchmark measures one server process, as its recorded runs did (docs/serving.md), although the
+    server's own default is ``auto`` (one per core: on a GPU host, a CUDA context per core)."""
+    names = {arg.partition("=")[0] for arg in server_args}
+    if any(len(name) > 2 and "--workers".startswith(name) for name in names) or "STINGY_WORKERS" in {**os.environ, **dict(server_env)}:
+        return list(server_args)
+    return [*server_args, "--workers=1"]
 
 
 def _env_pair(text: str) -> tuple[str, str]:

@@ -122,6 +122,21 @@ def random_images(count: int, seed: int, shape: tuple[int, ...] = (1, 28, 28)) -
     return torch.randint(0, 256, (count, *shape), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
 
 
+def worker_pids(pid: int) -> list[int]:
+    """The worker processes that ``pid`` spawned (from /proc: children running multiprocessing's spawn_main);
+    none for a single server process."""
+    workers = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue  # ended meanwhile
+        if parent == pid and b"spawn_main" in command:
+            workers.append(int(stat.parent.name))
+    return workers
+
+
 def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
     """Poll ``condition`` every 50 ms until it holds; fail with ``what`` after ``seconds``."""
     deadline = time.monotonic() + seconds

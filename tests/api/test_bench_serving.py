@@ -167,3 +167,20 @@ def test_gil_contention_prints_a_row_per_model_and_switch_interval_and_stops_its
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| cnn |")]
     assert [row.split(" | ")[1] for row in rows] == ["5", "0.5"]
     assert threading.active_count() == threads
+
+
+def test_the_benchmarked_server_is_one_process_unless_the_workers_are_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """stingy-serve's default is ``--workers auto``; the benchmarks measure one process, as their records did,
+    unless ``--server-arg`` or ``STINGY_WORKERS`` says how many workers."""
+    from bench import import_serving
+
+    monkeypatch.delenv("STINGY_WORKERS", raising=False)
+    assert serving.parse_args([]).server_arg == ["--workers=1"]
+    assert serving.parse_args(["--server-arg=--max-delay-ms=1"]).server_arg == ["--max-delay-ms=1", "--workers=1"]
+    assert import_serving.parse_args([]).server_arg == ["--workers=1"]
+    for given in (["--workers=auto"], ["--workers", "4"], ["--work=2"]):
+        assert serving.parse_args([f"--server-arg={arg}" for arg in given]).server_arg == given
+        assert import_serving.parse_args([f"--server-arg={arg}" for arg in given]).server_arg == given
+    assert serving.parse_args(["--server-env", "STINGY_WORKERS=2"]).server_arg == []
+    monkeypatch.setenv("STINGY_WORKERS", "auto")
+    assert serving.parse_args([]).server_arg == [] and import_serving.parse_args([]).server_arg == []

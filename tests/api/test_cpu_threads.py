@@ -20,7 +20,7 @@ def six_cores_and_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("six_cores_and_a_gpu")
-@pytest.mark.parametrize(("device", "workers", "given", "expected"), [
+@pytest.mark.parametrize(("device", "processes", "given", "expected"), [
     ("cpu", 1, None, None),  # torch's default: one per core
     ("cpu", 2, None, 3),  # each worker its share of the cores
     ("cpu", 4, None, 1),
@@ -30,6 +30,6 @@ def six_cores_and_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     ("cpu", 2, 5, 5),  # --torch-threads wins
     ("cuda", 1, 2, 2),
 ])
-def test_cpu_threads(device: str, workers: int, given: int | None, expected: int | None) -> None:
-    settings = ServeSettings(checkpoint=Path("x"), device=device, workers=workers, torch_threads=given)
-    assert settings.cpu_threads() == expected
+def test_cpu_threads(device: str, processes: int, given: int | None, expected: int | None) -> None:
+    settings = ServeSettings(checkpoint=Path("x"), device=device, torch_threads=given)
+    assert settings.cpu_threads(processes) == expected

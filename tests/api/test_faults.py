@@ -53,8 +53,9 @@ def test_a_key_pays_for_the_images_it_was_answered_even_across_a_kill_9(tiny_tea
                                                                         state_args: list[str]) -> None:
     """Batches of 4 run at once; single images wait 10 s for company. Two answered requests of 4 images, then
     three single images in flight when the server is killed with SIGKILL: after a restart on the same state
-    store the key has paid for the 8 answered images, and asking again for the 3 lost ones costs 3, not 6."""
-    args = ["--checkpoint", str(tiny_teacher), "--device", "cpu", "--budget-images", "100", *state_args,
+    store the key has paid for the 8 answered images, and asking again for the 3 lost ones costs 3, not 6. One
+    process (``--workers 1``): SIGKILL ends the server with its requests, as a parent's would not its workers."""
+    args = ["--checkpoint", str(tiny_teacher), "--device", "cpu", "--workers", "1", "--budget-images", "100", *state_args,
             "--max-batch-size", "4", "--access-log", ""]
     lost: list[BaseException | httpx.Response] = []
     with running_server([*args, "--max-delay-ms", "10000"], env=KEYS, log_dir=tmp_path) as server:

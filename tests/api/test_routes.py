@@ -73,7 +73,10 @@ def _references(node: object):  # type: ignore[no-untyped-def]
             yield from _references(item)
 
 
-def test_not_ready_until_warm_up_finishes(tiny_teacher: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_not_ready_until_warm_up_finishes(tiny_teacher: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int) -> None:
+    """Whatever ``workers`` says (``auto`` by default): only a worker process of ``--workers N`` waits for its
+    warm-up before it takes connections; an app run in process, like a single server, answers ``not_ready``."""
     release = threading.Event()
     original = ModelRunner.warm_up
 
@@ -82,7 +85,7 @@ def test_not_ready_until_warm_up_finishes(tiny_teacher: Path, tmp_path: Path, mo
         return original(self)
 
     monkeypatch.setattr(ModelRunner, "warm_up", held_warm_up)
-    with running_app(make_settings(tiny_teacher, tmp_path), wait_ready=False) as client:
+    with running_app(make_settings(tiny_teacher, tmp_path, workers=workers), wait_ready=False) as client:
         try:
             assert client.get("/healthz").status_code == 200
             not_ready = client.get("/readyz")

@@ -18,7 +18,9 @@ from PIL import Image
 
 from app.cli import build_parser, main, settings_from_args
 from defense import make_policy
-from tests.api.conftest import Reference, random_images
+from training.console import UsageError
+from training.devices import usable_cpus
+from tests.api.conftest import Reference, random_images, worker_pids
 from app.launch import ServerProcess, running_server
 
 SECRET, METRICS_SECRET = "net-secret-1", "net-metrics-2"
@@ -28,11 +30,21 @@ STINGY = make_policy("stingy", sparse_ratio=0.2)
 
 @pytest.fixture(scope="module")
 def server(tiny_teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The server with the default number of workers (``auto``: one per usable core)."""
     folder = tmp_path_factory.mktemp("server")
     args = ["--checkpoint", str(tiny_teacher), "--device", "cpu", "--policy", "stingy", "--sparse-ratio", "0.2", "--budget-images", "1000",
             "--budget-db", str(folder / "budget.sqlite3"), "--access-log", str(folder / "access.jsonl")]
     with running_server(args, env={"STINGY_API_KEYS": f"tester:{SECRET}", "STINGY_METRICS_KEY": METRICS_SECRET}, log_dir=folder) as started:
         yield started
+
+
+@pytest.mark.slow
+def test_a_server_started_without_workers_runs_one_per_usable_core(server: ServerProcess) -> None:
+    """The default, ``--workers auto``: a supervising parent and one worker process per core this process may use
+    (a single process where that is one core)."""
+    cores = usable_cpus()
+    assert len(worker_pids(server.process.pid)) == (cores if cores > 1 else 0), server.output()[-2000:]
+    assert ("Started parent process" in server.output()) == (cores > 1), server.output()[-2000:]
 
 
 @pytest.mark.slow
@@ -93,8 +105,9 @@ def test_a_standard_v2_client_works_unchanged(server: ServerProcess, reference: 
 @pytest.mark.slow
 def test_sigterm_lets_the_request_in_flight_complete(tiny_teacher: Path, tmp_path: Path) -> None:
     """A request waits in the batcher (3 s delay) when SIGTERM arrives: it still gets its answer, then the
-    process ends."""
-    args = ["--checkpoint", str(tiny_teacher), "--max-delay-ms", "3000", "--access-log", ""]
+    process ends. One process (``--workers 1``), whose own shutdown lines are checked; tests/state/test_servers.py
+    stops a server of two workers with SIGTERM."""
+    args = ["--checkpoint", str(tiny_teacher), "--workers", "1", "--max-delay-ms", "3000", "--access-log", ""]
     with running_server(args, log_dir=tmp_path) as started:
         answer: dict[str, httpx.Response] = {}
         images = random_images(1, seed=13)
@@ -162,6 +175,21 @@ def test_auto_workers_are_one_per_usable_core(monkeypatch: pytest.MonkeyPatch) -
     assert ServeSettings(checkpoint=Path("x")).workers == 3
     assert ServeSettings(checkpoint=Path("x"), workers=" AUTO ").workers == 3
     assert ServeSettings(checkpoint=Path("x"), workers="2").workers == 2
+
+
+def test_the_default_is_auto_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither ``--workers`` nor ``STINGY_WORKERS``: one worker per usable core, checked like a given ``auto``."""
+    from app.settings import ServeSettings
+
+    monkeypatch.delenv("STINGY_WORKERS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5})
+    assert usable_cpus() == 3
+    assert ServeSettings(checkpoint=Path("x")).workers == 3
+    assert settings_from_args(build_parser().parse_args(["--checkpoint", "x"])).workers == 3
+    assert settings_from_args(build_parser().parse_args(["--checkpoint", "x", "--workers", "1"])).workers == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(300)))
+    with pytest.raises(UsageError, match="workers: Input should be less than or equal to 256"):
+        settings_from_args(build_parser().parse_args(["--checkpoint", "x"]))
 
 
 def test_flags_override_the_environment(tiny_teacher: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -79,14 +79,15 @@ def test_stingy_distillation_on_cuda_records_gradient_norms_and_clipping_keeps_t
 
 def test_served_on_cuda_the_api_top1_equals_the_in_process_top1(gpu_teacher: Path, synthetic: tuple, tmp_path: Path) -> None:
     """A real stingy-serve on the GPU: every v2 top-1 equals the teacher's own, computed in-process on the
-    same device with the same batch, so accuracy through the API is the teacher's."""
+    same device with the same batch, so accuracy through the API is the teacher's. One process (``--workers 1``):
+    the default, one worker per CPU core, would open a CUDA context per core of the GPU host."""
     _, test = synthetic
     batch = 200
     model, card = load_checkpoint(gpu_teacher, "cuda")
     model.to(memory_format=torch.channels_last)  # as the server runs it
     logits = predict_logits(model, test, card.mean, card.std, batch_size=batch, amp=False)
     labels: list[int] = []
-    args = ["--checkpoint", str(gpu_teacher), "--device", "cuda", "--sparse-ratio", "0.2", "--max-batch-size", str(batch),
+    args = ["--checkpoint", str(gpu_teacher), "--device", "cuda", "--workers", "1", "--sparse-ratio", "0.2", "--max-batch-size", str(batch),
             "--max-images-per-request", str(batch), "--budget-db", str(tmp_path / "budget.sqlite3")]
     with running_server(args) as server, httpx.Client(base_url=server.url, timeout=60.0) as client:
         for images in (b.images for b in test.batches(batch)):

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.launch import RedisServer, ServerProcess, running_server
-from tests.api.conftest import make_settings, random_images, running_app, wait_for
+from tests.api.conftest import make_settings, random_images, running_app, wait_for, worker_pids
 
 SECRET, METRICS_SECRET = "shared-secret-1", "shared-metrics-2"
 AUTH, METRICS_AUTH = {"Authorization": f"Bearer {SECRET}"}, {"Authorization": f"Bearer {METRICS_SECRET}"}
@@ -85,9 +85,11 @@ def load_until(urls: list[str], stop: threading.Event, concurrency: int) -> list
 
 @pytest.fixture(scope="module")
 def two_servers(redis_module: RedisServer, tiny_teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServerProcess]]:
-    """Two ``stingy-serve`` processes, each its own model, budgets and rate limits in the module's Redis."""
+    """Two ``stingy-serve`` processes, each its own model, budgets and rate limits in the module's Redis: two
+    single-process servers (``--workers 1``), as replicas on two machines would be; the two-worker test below
+    shares one store between the workers of one server."""
     folder = tmp_path_factory.mktemp("two_servers")
-    args = ["--checkpoint", str(tiny_teacher), "--device", "cpu", "--budget-images", str(BUDGET), "--rate-limit", "100000",
+    args = ["--checkpoint", str(tiny_teacher), "--device", "cpu", "--workers", "1", "--budget-images", str(BUDGET), "--rate-limit", "100000",
             "--state", redis_module.url, "--access-log", "", "--log-level", "warning"]
     with ExitStack() as stack:
         yield [stack.enter_context(running_server(args, env={"STINGY_API_KEYS": f"alice:{SECRET}"}, log_dir=folder)) for _ in range(2)]
@@ -151,20 +153,6 @@ def test_an_app_answers_503_while_redis_is_down_and_recovers(tiny_teacher: Path,
         assert client.get("/readyz").status_code == 200  # the model is fine: only keyed work waits for Redis
         redis_server.start()
         assert client.post("/v1/predict", json=ONE_IMAGE, headers=AUTH).headers["x-budget-remaining"] == "8"
-
-
-def _workers(pid: int) -> list[int]:
-    """The worker processes that ``pid`` spawned (from /proc: children running multiprocessing's spawn_main)."""
-    workers = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            command = (stat.parent / "cmdline").read_bytes()
-        except OSError:
-            continue  # ended meanwhile
-        if parent == pid and b"spawn_main" in command:
-            workers.append(int(stat.parent.name))
-    return workers
 
 
 def _sockets(pid: int) -> int:
@@ -248,15 +236,15 @@ def test_two_workers_on_one_sqlite_file_keep_budget_rate_limit_and_metrics_exact
             "--keep-alive-timeout-s", "120", "--access-log", "", "--log-level", "warning"]
     env = {"STINGY_API_KEYS": f"alice:{SECRET}", "STINGY_METRICS_KEY": METRICS_SECRET, "TMPDIR": str(tmp_path)}
     with running_server(args, env=env, log_dir=tmp_path) as server:
-        workers = _workers(server.process.pid)
+        workers = worker_pids(server.process.pid)
         assert len(workers) == 2
         [metrics_dir] = tmp_path.glob("stingy-metrics-*")
         assert metrics_dir.stat().st_mode & 0o777 == 0o700
         answers, connected, reads = asyncio.run(_load_and_read_metrics(server.url, workers))
         assert all(list(metrics_dir.glob(f"gauge_live*_{pid}.db")) for pid in workers)
         server.process.send_signal(signal.SIGTTOU)  # the supervisor retires a worker, and drops its queue depth from the sum
-        wait_for(lambda: len(_workers(server.process.pid)) == 1, 30, "no worker was retired")
-        [retired] = set(workers) - set(_workers(server.process.pid))
+        wait_for(lambda: len(worker_pids(server.process.pid)) == 1, 30, "no worker was retired")
+        [retired] = set(workers) - set(worker_pids(server.process.pid))
         wait_for(lambda: not list(metrics_dir.glob(f"gauge_live*_{retired}.db")), 10, "the retired worker's gauge file stays")
         after_retiring = asyncio.run(_scrape(server.url))
         assert server.terminate() == -15  # the parent stops its workers, then ends by SIGTERM, as a single server does
