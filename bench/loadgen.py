@@ -144,7 +144,8 @@ def _result(records: list[tuple[str, float, float]], client_cpu_s: float) -> Loa
 def run_retrying(url: str, body: Body, clients: int, seconds: float, timeout_s: float = 20.0) -> LoadResult:
     """``clients`` concurrent clients (one connection each, in this process) posting ``body`` for ``seconds``, each
     waiting as long as a 503's ``Retry-After`` says (never past the end) before its next request. A request not
-    answered within ``timeout_s`` is given up and not recorded, as with hey. Its CPU seconds are this process's."""
+    answered within ``timeout_s`` is given up and not recorded, as with hey, and so is one whose connection broke
+    (after which the client waits a second). Its CPU seconds are this process's."""
     cpu = time.process_time()
     records = asyncio.run(_retrying_clients(url, body, clients, seconds, timeout_s))
     if not records:
@@ -165,6 +166,9 @@ async def _retrying_clients(url: str, body: Body, clients: int, seconds: float, 
                 try:
                     response = await client.post(body.path, content=body.content)
                 except httpx.TimeoutException:
+                    continue
+                except httpx.TransportError:  # e.g. the connection closed under a body refused unread: back off
+                    await asyncio.sleep(min(1.0, max(deadline - time.perf_counter(), 0.0)))
                     continue
                 answered = time.perf_counter()
                 records.append((str(response.status_code), answered - sent, answered - began))

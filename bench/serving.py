@@ -146,12 +146,12 @@ def measure_model(model: str, args: argparse.Namespace, scratch: Path, report: l
             pixels = torch.randint(0, 256, (per_request, channels, size, size), dtype=torch.uint8, generator=generator)
             batch = 32 if per_request == 1 else 256
             loads = ("hey", "retrying") if per_request > 1 and args.retrying else ("hey",)
-            for fmt, generator in ((fmt, generator) for fmt in args.formats for generator in loads):
+            for fmt, client in ((fmt, client) for fmt in args.formats for client in loads):
                 body = make_body(fmt, model, pixels)
                 for clients in args.clients:
                     images_before, passes_before = _batch_counters(server.url)
                     cpu_before = process_cpu_seconds(server.process.pid)
-                    if generator == "hey":
+                    if client == "hey":
                         load = run_hey(server.url, body, clients, args.duration, args.client_cpus, args.timeout)
                     else:
                         load = run_retrying(server.url, body, clients, args.duration, args.timeout)
@@ -161,7 +161,7 @@ def measure_model(model: str, args: argparse.Namespace, scratch: Path, report: l
                     row = Row(model, fmt, per_request, clients, load.requests, load.ok, load.statuses.get("503", 0), rate,
                               load.p50_ms, load.p99_ms, (images_after - images_before) / max(passes_after - passes_before, 1),
                               server_cpu / load.wall_s, load.client_cpu_s / load.wall_s, rate / ceiling.images_per_s[batch],
-                              load.ok * per_request / max(server_cpu, 1e-9) / ceiling.images_per_cpu_s[batch], generator)
+                              load.ok * per_request / max(server_cpu, 1e-9) / ceiling.images_per_cpu_s[batch], client)
                     unexpected = {status: n for status, n in load.statuses.items() if status not in ("200", "503")}
                     if unexpected:
                         raise RuntimeError(f"{model} {fmt}: unexpected answers {unexpected}; server log:\n{server.output()[-2000:]}")
@@ -217,7 +217,7 @@ def targets(model: str, ceiling: Ceiling, rows: list[Row]) -> list[dict[str, obj
                           "format": fmt, "value": round(bulk.api_over_ceiling, 3), "per_cpu_second": round(bulk.cpu_over_ceiling, 3),
                           "met": bulk.api_over_ceiling >= 0.9})
     for fmt in FORMATS:
-        for per_request, load in ((1, "hey"), (256, "hey"), (256, "retrying")):
+        for per_request, load in sorted({(r.images_per_request, r.load) for r in rows}):
             drop = worst_drop([r for r in rows if r.format == fmt and r.images_per_request == per_request and r.load == load])
             if drop is not None:
                 found.append({"target": f"{model}, {per_request}-image requests from {LOADS[load]}: images/s at more clients >= "

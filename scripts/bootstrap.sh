@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sourced by demo.sh and test.sh: create .venv with Python 3.11, install the exact versions in requirements.lock
 # and then the project without resolving dependencies (again only when pyproject.toml or the lock changed), and
-# define the helpers that install the real Fashion-MNIST and redis-server where apt can install them.
+# define the helpers that install the real Fashion-MNIST, redis-server and hey where apt can install them.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -60,6 +60,15 @@ ensure_redis_server() {
   apt_install redis-server redis-server && return 0
   echo "note: redis-server is not installed and apt-get could not install it here;" >&2
   echo "      install it with 'sudo apt-get install redis-server' (Debian/Ubuntu)." >&2
+  return 1
+}
+
+# The serving benchmark (bench/serving.py, and its end-to-end test) sends its load with hey.
+ensure_hey() {
+  command -v hey >/dev/null 2>&1 && return 0
+  apt_install hey "the load generator hey" && return 0
+  echo "note: hey is not installed and apt-get could not install it here;" >&2
+  echo "      install it with 'sudo apt-get install hey' (Debian/Ubuntu)." >&2
   return 1
 }
 

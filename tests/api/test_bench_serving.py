@@ -4,9 +4,14 @@ refusal without hey."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -184,3 +189,23 @@ def test_the_benchmarked_server_is_one_process_unless_the_workers_are_given(monk
     assert serving.parse_args(["--server-env", "STINGY_WORKERS=2"]).server_arg == []
     monkeypatch.setenv("STINGY_WORKERS", "auto")
     assert serving.parse_args([]).server_arg == [] and import_serving.parse_args([]).server_arg == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("hey") is None, reason="needs the load generator hey (apt-get install hey)")
+def test_the_benchmark_runs_every_series_and_judges_them(tmp_path: Path) -> None:
+    """A short real run: one-image and several-image series from hey, the several-image one again from clients
+    that honour Retry-After, each answered, each series judged for holding its throughput."""
+    command = [sys.executable, "-m", "bench.serving", "--models", "cnn", "--formats", "v2-binary", "--images", "1", "4",
+               "--clients", "1", "2", "--duration", "0.5", "--ceiling-seconds", "0.2", "--pause", "0", "--out", str(tmp_path)]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    [model] = json.loads((tmp_path / "serving.json").read_text())["models"]
+    assert sorted((r["images_per_request"], r["load"], r["clients"]) for r in model["rows"]) == [
+        (1, "hey", 1), (1, "hey", 2), (4, "hey", 1), (4, "hey", 2), (4, "retrying", 1), (4, "retrying", 2)]
+    assert all(row["answered"] > 0 for row in model["rows"])
+    holds = [target["target"] for target in model["targets"] if "throughput holds" in target["target"]]
+    assert [target.split(":")[0] for target in holds] == [
+        "cnn, 1-image requests from hey (resending refused requests at once)",
+        "cnn, 4-image requests from hey (resending refused requests at once)",
+        "cnn, 4-image requests from clients honouring Retry-After"]
