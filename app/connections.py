@@ -8,6 +8,10 @@ request head within ``header_timeout_s`` of opening and of each response, in at 
 past either, with no request in progress, the server closes it. (The body of a request has its own deadline:
 :class:`app.middleware.BodyLimitMiddleware`.)
 
+A request can be answered before its body has arrived (a wrong key, a full queue: refused before the body is
+read). The rest of that body is not a request head: its bytes do not count against ``max_header_bytes``, and
+the next head's wait starts when it has ended; it must end within ``header_timeout_s`` of the answer.
+
 Both classes live at module level so that ``--workers`` can hand the config to its spawned processes.
 """
 
@@ -17,16 +21,18 @@ import asyncio
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.auto import AutoHTTPProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
-class HeadDeadlineProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
-    """uvicorn's HTTP protocol (httptools when installed, else h11) that closes a connection whose request
-    head has not arrived ``config.header_timeout_s`` seconds after it opened or after its last response, or
-    has passed ``config.max_header_bytes`` without ending (checked per chunk read: at most one chunk more)."""
+class HeadDeadlineProtocol(HttpToolsProtocol):  # type: ignore[misc]
+    """uvicorn's httptools protocol that closes a connection whose request head has not arrived
+    ``config.header_timeout_s`` seconds after it opened or after its last response (or after the end of the
+    body of a request answered early), or has passed ``config.max_header_bytes`` without ending (checked per
+    chunk read: at most one chunk more)."""
 
     _head_deadline: asyncio.TimerHandle | None = None
     _head_bytes = 0
+    _in_body = False  # between a request's head and the end of its body (answered or not)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -41,6 +47,16 @@ class HeadDeadlineProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
             self._head_bytes += len(data)
             if self._head_bytes > self.config.max_header_bytes:
                 self.transport.close()
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self._in_body = True
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_body = False
+        if self.cycle is not None and self.cycle.response_complete:  # answered before its body ended
+            self._arm_head_deadline()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -62,11 +78,13 @@ class HeadDeadlineProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
             self._head_deadline = None
 
     def _awaiting_head(self) -> bool:
-        return self.cycle is None or bool(self.cycle.response_complete)  # no request in progress
+        """No request in progress: none yet, or the last one answered and its body over."""
+        return not self._in_body and (self.cycle is None or bool(self.cycle.response_complete))
 
     def _head_overdue(self) -> None:
         self._head_deadline = None
-        if self._awaiting_head():  # the head never came
+        answered = self.cycle is None or bool(self.cycle.response_complete)
+        if answered:  # the head never came, or the body of an answered request never ended
             self.transport.close()
 
 

@@ -220,6 +220,57 @@ def test_a_flood_of_unauthenticated_connections_does_not_starve_keyed_clients(gu
     assert answered >= 1
 
 
+def _read_response(connection: socket.socket) -> bytes:
+    """One whole response (head and ``Content-Length`` body) from ``connection``."""
+    connection.settimeout(10)
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = connection.recv(65536)
+        assert chunk, f"the server closed the connection; received {received!r}"
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")))
+    while len(body) < length:
+        chunk = connection.recv(65536)
+        assert chunk, "the server closed the connection mid-response"
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+@pytest.mark.slow
+def test_the_rest_of_a_body_refused_unread_is_not_taken_for_a_request_head(guarded_server: ServerProcess) -> None:
+    """A request refused before its body is read (a wrong key: 401) still has 1 MiB of body to come, far more
+    than --max-header-bytes. Those bytes end the refused request, not a head: the connection stays open and the
+    next request on it is answered. (They once counted as head bytes: refused uploads ended in a reset.)"""
+    body = b"x" * (1024 * 1024)
+    connection = _connect(guarded_server)
+    try:
+        connection.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer wrong\r\n"
+                           b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:1024])
+        assert _read_response(connection).startswith(b"HTTP/1.1 401")
+        connection.sendall(body[1024:] + b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert _read_response(connection).startswith(b"HTTP/1.1 200")
+    finally:
+        connection.close()
+
+
+@pytest.mark.slow
+def test_the_rest_of_a_refused_body_must_come_within_the_head_deadline(guarded_server: ServerProcess) -> None:
+    """After an early refusal the connection is not held open by a body sent a byte at a time: it must end
+    within --header-timeout-s of the answer, like the wait for a head."""
+    connection = _connect(guarded_server)
+    stop = threading.Event()
+    try:
+        connection.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer wrong\r\n"
+                           b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
+        assert _read_response(connection).startswith(b"HTTP/1.1 401")
+        threading.Thread(target=_trickle, args=(connection, b"x" * 1000, stop), daemon=True).start()
+        assert _read_until_closed(connection, CUT_OFF_WITHIN_S)[1] < CUT_OFF_WITHIN_S
+    finally:
+        stop.set()
+        connection.close()
+
+
 @pytest.mark.slow
 def test_an_endless_request_head_is_cut_off_at_the_size_limit(tiny_teacher: Path, tmp_path: Path) -> None:
     """One header line sent as fast as the connection takes it (httptools alone would keep every byte): the
