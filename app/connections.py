@@ -55,7 +55,7 @@ class HeadDeadlineProtocol(HttpToolsProtocol):  # type: ignore[misc]
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._in_body = False
-        if self.cycle is not None and self.cycle.response_complete:  # answered before its body ended
+        if self.cycle is not None and self._answered():  # answered before its body ended
             self._arm_head_deadline()
 
     def on_response_complete(self) -> None:
@@ -77,14 +77,17 @@ class HeadDeadlineProtocol(HttpToolsProtocol):  # type: ignore[misc]
             self._head_deadline.cancel()
             self._head_deadline = None
 
+    def _answered(self) -> bool:
+        """No request yet, or the last one has had its response (its body may still be arriving)."""
+        return self.cycle is None or bool(self.cycle.response_complete)
+
     def _awaiting_head(self) -> bool:
         """No request in progress: none yet, or the last one answered and its body over."""
-        return not self._in_body and (self.cycle is None or bool(self.cycle.response_complete))
+        return not self._in_body and self._answered()
 
     def _head_overdue(self) -> None:
         self._head_deadline = None
-        answered = self.cycle is None or bool(self.cycle.response_complete)
-        if answered:  # the head never came, or the body of an answered request never ended
+        if self._answered():  # the head never came, or the body of an answered request never ended
             self.transport.close()
 
 

@@ -168,15 +168,20 @@ async def _retrying_clients(url: str, body: Body, clients: int, seconds: float, 
                 except httpx.TimeoutException:
                     continue
                 except httpx.TransportError:  # e.g. the connection closed under a body refused unread: back off
-                    await asyncio.sleep(min(1.0, max(deadline - time.perf_counter(), 0.0)))
+                    await _sleep_before(1.0, deadline)
                     continue
                 answered = time.perf_counter()
                 records.append((str(response.status_code), answered - sent, answered - began))
                 if response.status_code == 503:
-                    await asyncio.sleep(min(float(response.headers.get("Retry-After", "1")), max(deadline - answered, 0.0)))
+                    await _sleep_before(float(response.headers.get("Retry-After", "1")), deadline)
 
         await asyncio.gather(*(one_client() for _ in range(clients)))
     return records
+
+
+async def _sleep_before(seconds: float, deadline: float) -> None:
+    """Sleep ``seconds``, but not past ``deadline`` (a ``time.perf_counter()`` value)."""
+    await asyncio.sleep(min(seconds, max(deadline - time.perf_counter(), 0.0)))
 
 
 def pinned(command: Sequence[str], cpus: str | None) -> list[str]:

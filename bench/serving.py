@@ -26,6 +26,7 @@ pin them with ``taskset``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -146,9 +147,9 @@ def measure_model(model: str, args: argparse.Namespace, scratch: Path, report: l
             pixels = torch.randint(0, 256, (per_request, channels, size, size), dtype=torch.uint8, generator=generator)
             batch = 32 if per_request == 1 else 256
             loads = ("hey", "retrying") if per_request > 1 and args.retrying else ("hey",)
-            for fmt, client in ((fmt, client) for fmt in args.formats for client in loads):
+            for fmt in args.formats:
                 body = make_body(fmt, model, pixels)
-                for clients in args.clients:
+                for client, clients in itertools.product(loads, args.clients):
                     images_before, passes_before = _batch_counters(server.url)
                     cpu_before = process_cpu_seconds(server.process.pid)
                     if client == "hey":
